@@ -1,0 +1,131 @@
+"""EM adapter: one logon per poll, the watched or discovered sessions, then logout.
+
+Errors that stop the whole poll (TLS, connection, authentication, a refused query) are
+raised as `veeam_em.errors.EmError`; errors that concern one session (it is gone, its body
+does not parse) come back beside the sessions that did arrive, so one bad session never
+stops the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from veeam_em.client import EmClient, Timeouts
+from veeam_em.errors import EmError, EmNotFoundError, EmResponseError
+from veeam_em.models import CloudFailoverSession
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An EM account. `repr` never shows the password."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+class CredentialsError(EmError):
+    """The EM credentials could not be read from where the configuration says they are."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionProblem:
+    """A session that could not be read in this poll, and why."""
+
+    session_id: str | None
+    error: EmError
+    gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one poll read from EM."""
+
+    sessions: tuple[CloudFailoverSession, ...]
+    problems: tuple[SessionProblem, ...]
+
+
+def discovery_filter(since: datetime) -> str:
+    """Sessions still running, plus those that ended at or after `since`."""
+    moment = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f'State!=Stopped,EndTime>="{moment}"'
+
+
+def ca_bundle_file(value: str | None) -> str | None:
+    """A CA bundle given as PEM text is written to a file once; a path is used as is."""
+    if value is None or "-----BEGIN" not in value:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"em-ca-{digest}.pem")
+    if not os.path.exists(path):
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(value)
+    return path
+
+
+class EmSessionSource:
+    """Reads cloud failover sessions from one EM."""
+
+    def __init__(
+        self,
+        url: str,
+        credentials: Callable[[bool], Credentials],
+        *,
+        ca_bundle: str | None,
+        timeouts: Timeouts,
+        page_size: int,
+        client_factory: Callable[..., EmClient] = EmClient,
+    ) -> None:
+        self.url = url
+        self._credentials = credentials
+        self._ca_bundle = ca_bundle_file(ca_bundle)
+        self._timeouts = timeouts
+        self._page_size = page_size
+        self._client_factory = client_factory
+
+    def fetch(self, watched_ids: tuple[str, ...], since: datetime) -> Fetched:
+        """The watched sessions, or (with none watched) those discovery finds since `since`."""
+        credentials = self._credentials(False)
+        client = self._client_factory(
+            self.url,
+            credentials.username,
+            credentials.password,
+            ca_bundle=self._ca_bundle,
+            timeouts=self._timeouts,
+        )
+        with client:
+            if watched_ids:
+                return self._fetch_named(client, watched_ids)
+            return self._discover(client, since)
+
+    @staticmethod
+    def _fetch_named(client: EmClient, watched_ids: tuple[str, ...]) -> Fetched:
+        sessions: list[CloudFailoverSession] = []
+        problems: list[SessionProblem] = []
+        for session_id in watched_ids:
+            try:
+                sessions.append(client.get_failover_session(session_id))
+            except EmNotFoundError as error:
+                problems.append(SessionProblem(session_id, error, gone=True))
+            except EmResponseError as error:
+                problems.append(SessionProblem(session_id, error))
+        return Fetched(tuple(sessions), tuple(problems))
+
+    def _discover(self, client: EmClient, since: datetime) -> Fetched:
+        sessions: dict[str, CloudFailoverSession] = {}
+        problems: list[SessionProblem] = []
+        for page in client.discover_failover_sessions(discovery_filter(since), self._page_size):
+            sessions.update((session.id, session) for session in page.sessions)
+            problems += [
+                SessionProblem(getattr(error, "session_id", None), error)
+                for error in page.rejected
+                if isinstance(error, EmError)
+            ]
+        return Fetched(tuple(sessions.values()), tuple(problems))

@@ -1,0 +1,44 @@
+"""Lambda entry point: one poll of the configured EM per scheduled invocation."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from failover_poller.runtime import build_service
+from failover_poller.service import PollReport, PollService
+
+logger = Logger()
+metrics = Metrics()
+
+
+@cache
+def poll_service() -> PollService:
+    """The service, built once per container from the environment (fails fast if invalid)."""
+    return build_service(os.environ)
+
+
+def record_metrics(report: PollReport) -> None:
+    """Publish a poll's counts as CloudWatch metrics (embedded metric format)."""
+    metrics.add_metric("PollFailed", MetricUnit.Count, 0 if report.ok else 1)
+    metrics.add_metric("SessionsSeen", MetricUnit.Count, report.sessions_seen)
+    metrics.add_metric("SessionErrors", MetricUnit.Count, report.session_errors)
+    metrics.add_metric("NotificationsClaimed", MetricUnit.Count, report.notifications)
+    metrics.add_metric("Deliveries", MetricUnit.Count, report.deliveries)
+    metrics.add_metric("PublishFailures", MetricUnit.Count, report.publish_failures)
+
+
+@metrics.log_metrics(raise_on_empty_metrics=False)
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Poll EM once; EM faults are reported in the result and the metrics, not raised."""
+    report = poll_service().poll(lambda: context.get_remaining_time_in_millis() / 1000)
+
+    record_metrics(report)
+    logger.info("poll finished", extra=report.as_dict())
+    return report.as_dict()

@@ -1,0 +1,85 @@
+"""Builds the poller's object graph from the configuration, once per Lambda container."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from aws_lambda_powertools.utilities import parameters
+from botocore.config import Config as BotocoreConfig
+
+from failover_poller.channels import EventBridgeChannel, SnsChannel
+from failover_poller.config import Config
+from failover_poller.em_source import Credentials, CredentialsError, EmSessionSource
+from failover_poller.service import PollService
+from failover_poller.state_store import StateStore
+
+SECRET_CACHE_SECONDS = 300
+# botocore's standard retry mode: bounded attempts with backoff and jitter on throttles.
+AWS_CLIENT_CONFIG = BotocoreConfig(
+    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10
+)
+
+
+def secret_credentials(secret_arn: str) -> Callable[[bool], Credentials]:
+    """A reader of the EM account in a Secrets Manager secret `{"username", "password"}`.
+
+    Powertools caches the secret; `refresh=True` reads it again (after a rotation).
+    """
+
+    def read(refresh: bool) -> Credentials:
+        try:
+            value: Any = parameters.get_secret(
+                secret_arn, transform="json", max_age=SECRET_CACHE_SECONDS, force_fetch=refresh
+            )
+        except (
+            parameters.exceptions.GetParameterError,
+            parameters.exceptions.TransformParameterError,
+        ) as error:
+            raise CredentialsError(
+                f"cannot read EM credentials from {secret_arn}: {error}"
+            ) from error
+
+        if not isinstance(value, dict) or not all(
+            isinstance(value.get(key), str) and value.get(key) for key in ("username", "password")
+        ):
+            raise CredentialsError(
+                f"secret {secret_arn} must be JSON with non-empty 'username' and 'password'"
+            )
+        return Credentials(username=value["username"], password=value["password"])
+
+    return read
+
+
+def build_service(environ: Mapping[str, str]) -> PollService:
+    """Validate the configuration and connect every adapter."""
+    config = Config.from_environ(environ)
+    session = boto3.session.Session()
+    source = EmSessionSource(
+        config.em_url,
+        secret_credentials(config.em_secret_arn),
+        ca_bundle=config.em_ca_bundle,
+        timeouts=config.em_timeouts,
+        page_size=config.page_size,
+    )
+    store = StateStore(
+        config.state_table_name,
+        session.client("dynamodb", config=AWS_CLIENT_CONFIG),
+        ttl=config.state_ttl,
+    )
+    channels = (
+        SnsChannel(config.topic_arn, session.client("sns", config=AWS_CLIENT_CONFIG)),
+        EventBridgeChannel(
+            config.event_bus_name, session.client("events", config=AWS_CLIENT_CONFIG)
+        ),
+    )
+    return PollService(
+        source,
+        store,
+        channels,
+        em_host=urlsplit(config.em_url).netloc,
+        watched_ids=config.watched_session_ids,
+        first_sight_lookback=config.first_sight_lookback,
+    )

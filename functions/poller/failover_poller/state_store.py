@@ -1,0 +1,308 @@
+"""DynamoDB adapter: each session's last state, the claim on its transition, and the outbox.
+
+One item per session, keyed by EM host and session GUID. Every write is conditional on the
+version read before it, so of several overlapping invocations exactly one claims a
+transition. A claimed notification waits on its item (`Pending` lists the channels that
+have not acknowledged it, `PendingEmHost` puts it in the sparse `pending` index) until
+every channel has taken it. One more item per EM, under `WATCHER_ID`, records when the
+poller started watching that EM and when it last polled it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from failover_poller.notifications import Notification
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+WATCHER_ID = "#watcher"
+PENDING_INDEX = "pending"
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+class StateStoreError(Exception):
+    """DynamoDB could not be read or written; `code` is AWS's error code."""
+
+    def __init__(self, operation: str, code: str, message: str) -> None:
+        super().__init__(f"DynamoDB {operation} failed: {code}: {message}")
+        self.operation = operation
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What the last poll wrote about a session."""
+
+    session_id: str
+    version: int
+    fingerprint: str
+    terminal: bool
+    notified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Watcher:
+    """When the poller started watching an EM, and when a poll of it last succeeded."""
+
+    watching_since: datetime
+    last_poll_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingNotification:
+    """A claimed notification that some channels have not acknowledged yet."""
+
+    session_id: str
+    notification: Notification
+    channels: frozenset[str]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+class StateStore:
+    """The state table, through a boto3 DynamoDB client."""
+
+    def __init__(self, table_name: str, client: DynamoDBClient, ttl: timedelta) -> None:
+        self._table = table_name
+        self._client = client
+        self._ttl = ttl
+
+    def watcher(self, em_host: str, now: datetime, lookback: timedelta) -> Watcher:
+        """Return the EM's watcher record, creating it on the very first poll of that EM.
+
+        `watching_since` is set `lookback` before the first poll, so that a failover that
+        ends between a deployment and its first scheduled poll is still notified.
+        """
+        key = self._key(em_host, WATCHER_ID)
+        since = now - lookback
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={**key, "WatchingSince": {"S": _iso(since)}},
+                ConditionExpression="attribute_not_exists(SessionId)",
+            )
+            return Watcher(watching_since=since, last_poll_at=None)
+        except ClientError as error:
+            if _code(error) != _CONDITION_FAILED:
+                raise _translate("PutItem", error) from error
+        except BotoCoreError as error:
+            raise _translate("PutItem", error) from error
+
+        item = self._get_item(key)
+        if item is None:
+            raise StateStoreError("GetItem", "MissingItem", "watcher record vanished")
+        last = item.get("LastPollAt", {}).get("S")
+        return Watcher(
+            watching_since=datetime.fromisoformat(item["WatchingSince"]["S"]),
+            last_poll_at=datetime.fromisoformat(last) if last else None,
+        )
+
+    def record_poll(self, em_host: str, started_at: datetime) -> None:
+        """Remember when the last successful poll of this EM started."""
+        self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, WATCHER_ID),
+            UpdateExpression="SET LastPollAt = :at",
+            ConditionExpression="attribute_not_exists(LastPollAt) OR LastPollAt < :at",
+            ExpressionAttributeValues={":at": {"S": _iso(started_at)}},
+            ignore_condition=True,
+        )
+
+    def get(self, em_host: str, session_id: str) -> StoredSession | None:
+        """The stored state of one session, read consistently, or None if never seen."""
+        item = self._get_item(self._key(em_host, session_id))
+        if item is None:
+            return None
+        return StoredSession(
+            session_id=session_id,
+            version=int(item["Version"]["N"]),
+            fingerprint=item.get("Fingerprint", {}).get("S", ""),
+            terminal=item.get("Terminal", {}).get("BOOL", False),
+            notified="NotifiedAt" in item,
+        )
+
+    def save(
+        self,
+        em_host: str,
+        session_id: str,
+        attributes: dict[str, Any],
+        previous: StoredSession | None,
+        *,
+        now: datetime,
+        notification: Notification | None = None,
+        channels: Iterable[str] = (),
+        lease: timedelta = timedelta(0),
+    ) -> bool:
+        """Write a session's new state if nobody wrote it since `previous` was read.
+
+        With a `notification`, the write also claims the transition and puts it in the
+        outbox, leased to the caller for `lease`. Returns False when another invocation
+        wrote first; that invocation then owns whatever the change means.
+        """
+        item: dict[str, Any] = {
+            **self._key(em_host, session_id),
+            **attributes,
+            "Version": {"N": str(previous.version + 1 if previous else 1)},
+            "UpdatedAt": {"S": _iso(now)},
+            "ExpiresAt": {"N": str(_epoch(now + self._ttl))},
+        }
+        if notification is not None:
+            item |= {
+                "NotifiedAt": {"S": _iso(now)},
+                "DedupKey": {"S": notification.dedup_key},
+                "Notification": {"S": notification.to_json()},
+                "Pending": {"SS": sorted(channels)},
+                "PendingEmHost": {"S": em_host},
+                "LeaseUntil": {"N": str(_epoch(now + lease))},
+            }
+
+        if previous is None:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(SessionId)"}
+        else:
+            condition = {
+                "ConditionExpression": "Version = :version",
+                "ExpressionAttributeValues": {":version": {"N": str(previous.version)}},
+            }
+        return self._call(
+            "PutItem",
+            self._client.put_item,
+            TableName=self._table,
+            Item=item,
+            **condition,
+            ignore_condition=True,
+        )
+
+    def acknowledge(
+        self, em_host: str, session_id: str, channel: str, remaining: frozenset[str]
+    ) -> None:
+        """Record that `channel` took the notification; the last one empties the outbox."""
+        if remaining:
+            update: dict[str, Any] = {
+                "UpdateExpression": "DELETE Pending :channel",
+                "ExpressionAttributeValues": {":channel": {"SS": [channel]}},
+            }
+        else:
+            update = {"UpdateExpression": "REMOVE Pending, PendingEmHost, LeaseUntil, Notification"}
+        self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, session_id),
+            **update,
+        )
+
+    def pending(self, em_host: str, limit: int) -> list[PendingNotification]:
+        """Up to `limit` notifications of this EM still waiting for a channel."""
+        response = self._call_query(
+            TableName=self._table,
+            IndexName=PENDING_INDEX,
+            KeyConditionExpression="PendingEmHost = :host",
+            ExpressionAttributeValues={":host": {"S": em_host}},
+            Limit=limit,
+        )
+        return [
+            PendingNotification(
+                session_id=item["SessionId"]["S"],
+                notification=Notification.from_json(item["Notification"]["S"]),
+                channels=frozenset(item["Pending"]["SS"]),
+            )
+            for item in response
+            if "Notification" in item and "Pending" in item
+        ]
+
+    def take_lease(self, em_host: str, session_id: str, now: datetime, lease: timedelta) -> bool:
+        """Lease a pending notification for retry; False if another invocation holds it."""
+        return self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, session_id),
+            UpdateExpression="SET LeaseUntil = :until",
+            ConditionExpression="attribute_exists(Pending) AND LeaseUntil <= :now",
+            ExpressionAttributeValues={
+                ":until": {"N": str(_epoch(now + lease))},
+                ":now": {"N": str(_epoch(now))},
+            },
+            ignore_condition=True,
+        )
+
+    def release_lease(self, em_host: str, session_id: str) -> None:
+        """Give a pending notification back so that the next poll retries it at once."""
+        self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, session_id),
+            UpdateExpression="SET LeaseUntil = :zero",
+            ConditionExpression="attribute_exists(Pending)",
+            ExpressionAttributeValues={":zero": {"N": "0"}},
+            ignore_condition=True,
+        )
+
+    @staticmethod
+    def _key(em_host: str, session_id: str) -> dict[str, Any]:
+        return {"EmHost": {"S": em_host}, "SessionId": {"S": session_id}}
+
+    def _get_item(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            response = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("GetItem", error) from error
+        item: dict[str, Any] | None = response.get("Item")
+        if item is not None and _expired(item):
+            return None
+        return item
+
+    def _call_query(self, **request: Any) -> list[dict[str, Any]]:
+        try:
+            items: list[dict[str, Any]] = self._client.query(**request).get("Items", [])
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("Query", error) from error
+        return items
+
+    @staticmethod
+    def _call(
+        operation: str, method: Any, *, ignore_condition: bool = False, **request: Any
+    ) -> bool:
+        try:
+            method(**request)
+        except ClientError as error:
+            if ignore_condition and _code(error) == _CONDITION_FAILED:
+                return False
+            raise _translate(operation, error) from error
+        except BotoCoreError as error:
+            raise _translate(operation, error) from error
+        return True
+
+
+def _expired(item: dict[str, Any]) -> bool:
+    # DynamoDB deletes expired items late (and moto never does): treat them as gone.
+    expires = item.get("ExpiresAt", {}).get("N")
+    return expires is not None and int(expires) < time.time()
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _translate(operation: str, error: ClientError | BotoCoreError) -> StateStoreError:
+    if isinstance(error, ClientError):
+        message = str(error.response.get("Error", {}).get("Message", ""))
+        return StateStoreError(operation, _code(error), message)
+    return StateStoreError(operation, type(error).__name__, str(error))

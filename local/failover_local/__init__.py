@@ -1,0 +1,1 @@
+"""Local runner and EM simulator for the cloud failover notifier."""
