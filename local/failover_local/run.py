@@ -155,6 +155,9 @@ def run_polls(
     stack.callback(server.stop)
     local_aws = provision(Template.load(TEMPLATE), endpoint, credentials, parameters)
     os.environ |= local_aws.environment
+    if os.environ["POWERTOOLS_LOG_LEVEL"] not in ("DEBUG", "INFO"):
+        # CloudWatch's metric records are noise on a terminal unless asked for.
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 
     from failover_poller.config import ConfigError
     from failover_poller.handler import lambda_handler

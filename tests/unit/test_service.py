@@ -1,0 +1,262 @@
+"""Given what EM reports poll after poll, the service notifies each transition once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from failover_poller.em_source import SessionProblem
+from failover_poller.service import PollService
+from tests.fakes import FakeChannel, FakeClock, FakeSource, FakeStateStore, load_session
+from veeam_em.errors import EmAuthenticationError, EmNotFoundError, EmResponseError, EmTlsError
+
+HOST = "em01.example.test:9398"
+FIRST_POLL = datetime(2025, 3, 10, 20, 30, tzinfo=UTC)
+WORKING = "failover-session-working.xml"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(FIRST_POLL)
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+@pytest.fixture
+def store() -> FakeStateStore:
+    return FakeStateStore()
+
+
+@pytest.fixture
+def channels() -> tuple[FakeChannel, FakeChannel]:
+    return FakeChannel("sns"), FakeChannel("eventbridge")
+
+
+def service(
+    source: FakeSource,
+    store: FakeStateStore,
+    channels: tuple[FakeChannel, ...],
+    clock: FakeClock,
+    watched: tuple[str, ...] = (),
+) -> PollService:
+    return PollService(
+        source,
+        store,  # type: ignore[arg-type]
+        channels,
+        em_host=HOST,
+        watched_ids=watched,
+        first_sight_lookback=timedelta(minutes=15),
+        clock=clock,
+    )
+
+
+def ended(minutes_after_first_poll: float, result: str = "Success") -> dict[str, object]:
+    end = FIRST_POLL + timedelta(minutes=minutes_after_first_poll)
+    return {"state": "Stopped", "result": result, "end_time": end, "progress": 100}
+
+
+def test_running_then_finished_notifies_once_per_channel(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING, **ended(1)))
+    source.answer(load_session(WORKING, **ended(1)))
+
+    first, second, third = poller.poll(), poller.poll(), poller.poll()
+
+    assert (first.notifications, second.notifications, third.notifications) == (0, 1, 0)
+    for channel in channels:
+        assert [n.outcome for n in channel.published] == ["finished"]
+        assert channel.published[0].detail["result"] == "Success"
+
+
+def test_failed_result_is_a_failed_notification(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING, **ended(1, "Failed"), failure_message="2 of 2 VMs failed"))
+
+    poller.poll()
+    poller.poll()
+
+    sns, events = channels
+    assert sns.published[0].attributes["event_type"] == "failover.failed"
+    assert sns.published[0].subject.endswith("FAILED")
+    assert "Result:              Failed" in sns.published[0].message
+    assert events.published[0].detail_type == "Cloud Failover Session Failed"
+
+
+@pytest.mark.parametrize(
+    ("state", "result"),
+    [("Working", "None"), ("Stopping", "None"), ("Pausing", "None"), ("Stopped", "None")],
+)
+def test_anything_short_of_a_final_result_is_running(
+    source, store, channels, clock, state, result
+) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING, state=state, result=result))
+
+    report = poller.poll()
+
+    assert report.notifications == 0
+    assert all(not channel.published for channel in channels)
+
+
+def test_first_sight_of_an_old_finished_session_is_history(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING, **ended(-60)))
+
+    report = poller.poll()
+
+    assert report.notifications == 0
+    assert report.sessions_changed == 1
+
+
+def test_first_sight_of_a_session_ended_since_deployment_is_news(
+    source, store, channels, clock
+) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING, **ended(-5)))
+
+    report = poller.poll()
+
+    assert report.notifications == 1
+
+
+def test_a_watched_session_is_news_however_old(source, store, channels, clock) -> None:
+    session = load_session(WORKING, **ended(-60 * 24 * 20))
+    poller = service(source, store, channels, clock, watched=(session.id,))
+    source.answer(session)
+
+    report = poller.poll()
+
+    assert report.notifications == 1
+    assert source.calls[0][0] == (session.id,)
+
+
+def test_unchanged_session_is_not_written_again(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING))
+
+    poller.poll()
+    writes_after_first = store.writes
+    poller.poll()
+
+    assert store.writes == writes_after_first == 1
+
+
+def test_em_failure_is_reported_not_raised_and_state_untouched(
+    source, store, channels, clock
+) -> None:
+    poller = service(source, store, channels, clock)
+    source.fail(EmTlsError(HOST, "certificate verify failed: self-signed certificate"))
+
+    report = poller.poll()
+
+    assert not report.ok
+    assert report.failure == "tls"
+    assert HOST in (report.error or "")
+    assert store.items == {}
+
+
+def test_authentication_failure_has_its_own_kind(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.fail(EmAuthenticationError(HOST, "EM refused the user name or password (401)"))
+
+    assert poller.poll().failure == "authentication"
+
+
+def test_one_unreadable_session_does_not_stop_the_others(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    broken = EmResponseError("https://em/x", "a Progress from 0 to 100", "-5", session_id="bad")
+    source.answer(load_session(WORKING, **ended(1)), problems=[SessionProblem("bad", broken)])
+
+    report = poller.poll()
+
+    assert report.session_errors == 1
+    assert report.notifications == 1
+    assert ("em01.example.test:9398", "bad") not in store.items
+
+
+def test_a_watched_session_that_is_gone_is_counted_not_notified(
+    source, store, channels, clock
+) -> None:
+    missing = "8f0e4a43-2b1d-4c3e-9f5a-6b7c8d9e0f1a"
+    poller = service(source, store, channels, clock, watched=(missing,))
+    gone = EmNotFoundError(HOST, "GET", "/api/cloud/failoverSessions/x", 404, "not found")
+    source.answer(problems=[SessionProblem(missing, gone, gone=True)])
+
+    report = poller.poll()
+
+    assert report.sessions_gone == 1
+    assert all(not channel.published for channel in channels)
+
+
+def test_failed_publish_waits_in_the_outbox_and_is_retried_on_that_channel_only(
+    source, store, channels, clock
+) -> None:
+    sns, events = channels
+    events.failures = 1
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING, **ended(1)))
+    source.answer(load_session(WORKING, **ended(1)))
+
+    poller.poll()
+    clock.advance(minutes=1)
+    failing = poller.poll()
+    clock.advance(minutes=1)
+    retrying = poller.poll()
+
+    assert failing.publish_failures == 1
+    assert retrying.retried == 1
+    assert len(sns.published) == 1
+    assert len(events.published) == 1
+    assert store.pending(HOST, 10) == []
+
+
+def test_a_claim_lost_to_another_invocation_is_not_published(
+    source, store, channels, clock
+) -> None:
+    poller = service(source, store, channels, clock)
+    rival = service(FakeSource(), store, (FakeChannel("sns"), FakeChannel("eventbridge")), clock)
+    session = load_session(WORKING, **ended(1))
+    source.answer(load_session(WORKING))
+    poller.poll()
+
+    # The rival reads the same stored state and writes first.
+    rival._source.answer(session)  # type: ignore[attr-defined]
+    rival.poll()
+    source.answer(session)
+    report = poller.poll()
+
+    assert report.notifications == 0
+    assert all(not channel.published for channel in channels)
+
+
+def test_discovery_asks_from_the_last_successful_poll(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer()
+    source.answer()
+
+    poller.poll()
+    clock.advance(minutes=1)
+    poller.poll()
+
+    first_since, second_since = source.calls[0][1], source.calls[1][1]
+    assert first_since == FIRST_POLL - timedelta(minutes=15) - timedelta(minutes=5)
+    assert second_since == FIRST_POLL - timedelta(minutes=5)
+
+
+def test_out_of_time_stops_before_the_next_session(source, store, channels, clock) -> None:
+    poller = service(source, store, channels, clock)
+    source.answer(load_session(WORKING, **ended(1)))
+
+    report = poller.poll(remaining_seconds=lambda: 1.0)
+
+    assert report.out_of_time
+    assert report.notifications == 0
+    assert store.watchers[HOST].last_poll_at is None
