@@ -350,7 +350,7 @@ def parse_error(body: bytes, source: str) -> Error:
     status_code = root.get("StatusCode")
     return Error(
         message=root.get("Message", ""),
-        status_code=int(status_code) if status_code and status_code.isdigit() else None,
+        status_code=int(status_code) if status_code and status_code.isdecimal() else None,
         status=root.get("Status"),
         first_chance_exception_message=_text(root, "FirstChanceExceptionMessage"),
     )
