@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from veeam_em.client import EmClient, Timeouts
-from veeam_em.errors import EmError, EmNotFoundError, EmResponseError
+from veeam_em.errors import EmAuthenticationError, EmError, EmNotFoundError, EmResponseError
 from veeam_em.models import CloudFailoverSession
 
 
@@ -91,8 +91,19 @@ class EmSessionSource:
         self._client_factory = client_factory
 
     def fetch(self, watched_ids: tuple[str, ...], since: datetime) -> Fetched:
-        """The watched sessions, or (with none watched) those discovery finds since `since`."""
-        credentials = self._credentials(False)
+        """The watched sessions, or (with none watched) those discovery finds since `since`.
+
+        An authentication failure is retried once, with the credentials read afresh from
+        the secret, so a rotated password is picked up without a redeploy.
+        """
+        try:
+            return self._fetch(self._credentials(False), watched_ids, since)
+        except EmAuthenticationError:
+            return self._fetch(self._credentials(True), watched_ids, since)
+
+    def _fetch(
+        self, credentials: Credentials, watched_ids: tuple[str, ...], since: datetime
+    ) -> Fetched:
         client = self._client_factory(
             self.url,
             credentials.username,
