@@ -73,6 +73,7 @@ def default_retry(total: int = 3) -> Retry:
         connect=total,
         read=1,
         status=total,
+        other=0,  # a certificate that does not verify will not verify on a second try
         backoff_factor=0.3,
         backoff_jitter=0.3,
         backoff_max=5.0,
@@ -117,7 +118,11 @@ class EmClient:
         self._http.mount("https://", adapter)
 
     def __enter__(self) -> EmClient:
-        self.logon()
+        try:
+            self.logon()
+        except BaseException:
+            self._http.close()
+            raise
         return self
 
     def __exit__(
@@ -203,7 +208,8 @@ class EmClient:
         self, filter_expression: str | None, page_size: int = 100
     ) -> Iterator[QueryResult]:
         """Like `query_failover_sessions`, falling back to the plain collection where this
-        EM's query service refuses the query; the fallback fetches each entity by GUID.
+        EM's query service refuses the query. The fallback fetches each entity by GUID and
+        ignores the filter: it returns every session of the last 30 days.
         """
         pages = 0
         try:
