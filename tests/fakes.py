@@ -79,13 +79,66 @@ class FakeStateStore:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], _Item] = {}
         self.watchers: dict[str, Watcher] = {}
+        self.gone: set[str] = set()
         self.writes = 0
 
     def watcher(self, em_host: str, now: datetime, lookback: timedelta) -> Watcher:
         return self.watchers.setdefault(em_host, Watcher(now - lookback, None))
 
     def record_poll(self, em_host: str, started_at: datetime) -> None:
-        self.watchers[em_host] = replace(self.watchers[em_host], last_poll_at=started_at)
+        self.watchers[em_host] = replace(
+            self.watchers[em_host],
+            last_poll_at=started_at,
+            consecutive_failures=0,
+            auth_failures=0,
+            next_attempt_at=None,
+            failing_since=None,
+        )
+
+    def record_failure(
+        self, em_host: str, failure: str, *, authentication: bool | None, now: datetime
+    ) -> Watcher:
+        watcher = self.watchers[em_host]
+        auth_failures = {
+            True: watcher.auth_failures + 1,
+            False: 0,
+            None: watcher.auth_failures,
+        }[authentication]
+        self.watchers[em_host] = replace(
+            watcher,
+            consecutive_failures=watcher.consecutive_failures + 1,
+            auth_failures=auth_failures,
+            failing_since=watcher.failing_since or now,
+        )
+        return self.watchers[em_host]
+
+    def back_off(self, em_host: str, until: datetime | None) -> None:
+        self.watchers[em_host] = replace(self.watchers[em_host], next_attempt_at=until)
+
+    def claim_health_change(
+        self,
+        em_host: str,
+        *,
+        unhealthy: bool,
+        notification: Notification,
+        channels: Iterable[str],
+        now: datetime,
+        lease: timedelta,
+    ) -> bool:
+        watcher = self.watchers[em_host]
+        if watcher.unhealthy == unhealthy:
+            return False
+        self.watchers[em_host] = replace(watcher, unhealthy=unhealthy)
+        self.items[(em_host, f"#health/{notification.dedup_key}")] = _Item(
+            1, "", False, True, notification, set(channels), now + lease
+        )
+        return True
+
+    def mark_gone(self, em_host: str, session_id: str, now: datetime) -> bool:
+        if session_id in self.gone:
+            return False
+        self.gone.add(session_id)
+        return True
 
     def get(self, em_host: str, session_id: str) -> StoredSession | None:
         item = self.items.get((em_host, session_id))

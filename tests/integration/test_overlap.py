@@ -4,46 +4,19 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from moto import mock_aws
 
 from failover_local.aws_local import Template, provision
 from failover_local.em_simulator import DEMO_PASSWORD, EmSimulator
-from failover_local.story import demo_story
-from failover_local.tls import TestPki, make_test_pki
+from failover_local.tls import TestPki
 from failover_poller.runtime import build_service
 from tests.fakes import FakeClock
+from tests.integration.conftest import FINISHING, REPOSITORY
 
 pytestmark = pytest.mark.integration
-
-REPOSITORY = Path(__file__).parents[2]
-FINISHING = {
-    "4be1d766-bf90-465a-8df1-2b949f7be762",
-    "aa6845c2-6440-47b3-85e9-8895f3989886",
-    "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53",
-    "c2f9a4b7-3e18-4d6a-b5c0-8e7f6a5d4c32",
-}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def story_clock() -> FakeClock:
-    return FakeClock(datetime.now(UTC))
-
-
-@pytest.fixture
-def simulator(pki: TestPki, story_clock: FakeClock) -> Iterator[EmSimulator]:
-    with EmSimulator(demo_story(story_clock.now), pki, clock=story_clock) as running:
-        yield running
 
 
 @pytest.mark.parametrize("invocations", [2, 4, 8])
@@ -83,6 +56,6 @@ def test_concurrent_polls_deliver_each_transition_exactly_once(
         for line in received
     )
     assert set(deliveries.values()) == {1}
-    assert {session for _, session in deliveries} == FINISHING
+    assert {session for _, session in deliveries} == set(FINISHING)
     assert len(deliveries) == 2 * len(FINISHING)
     assert simulator.open_logon_sessions == 0

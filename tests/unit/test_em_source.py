@@ -70,6 +70,13 @@ def test_a_wrong_password_is_tried_twice_at_most() -> None:
     assert RefusingClient.logons == ["wrong", "still-wrong"]
 
 
+def test_an_unchanged_secret_is_not_tried_twice() -> None:
+    with pytest.raises(EmAuthenticationError):
+        source(["wrong", "wrong"]).fetch((), datetime.now(UTC))
+
+    assert RefusingClient.logons == ["wrong"]
+
+
 def test_credentials_never_show_the_password() -> None:
     assert "s3cret" not in repr(Credentials("user", "s3cret"))
 

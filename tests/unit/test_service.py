@@ -260,3 +260,105 @@ def test_out_of_time_stops_before_the_next_session(source, store, channels, cloc
     assert report.out_of_time
     assert report.notifications == 0
     assert store.watchers[HOST].last_poll_at is None
+
+
+def refused() -> EmAuthenticationError:
+    return EmAuthenticationError(HOST, "EM refused the user name or password (401)")
+
+
+def test_repeated_refusals_back_off_and_say_when_the_next_try_is(
+    source, store, channels, clock
+) -> None:
+    poller = service(source, store, channels, clock)
+    source.fail(refused())
+    source.fail(refused())
+
+    first = poller.poll()
+    clock.advance(minutes=1)
+    second = poller.poll()
+    clock.advance(minutes=1)
+    paused = poller.poll()
+
+    assert first.next_attempt_at is None
+    assert second.next_attempt_at == "2025-03-10T20:36:00Z"
+    assert paused.backing_off
+    assert "next attempt at 2025-03-10T20:36:00Z" in (paused.error or "")
+    assert len(source.calls) == 2
+
+
+def test_the_back_off_doubles_up_to_an_hour() -> None:
+    from failover_poller.service import logon_back_off
+
+    waits = [logon_back_off(refusals) for refusals in range(1, 9)]
+
+    assert waits[0] is None
+    assert [w.total_seconds() / 60 for w in waits[1:] if w] == [5, 10, 20, 40, 60, 60, 60]
+
+
+def test_a_blind_poller_says_so_once_and_once_again_when_it_sees(
+    source, store, channels, clock
+) -> None:
+    poller = service(source, store, channels, clock)
+    unreachable = EmTlsError(HOST, "certificate verify failed: certificate has expired")
+    for _ in range(5):
+        source.fail(unreachable)
+    source.answer()
+    source.answer()
+
+    reports = []
+    for _ in range(7):
+        reports.append(poller.poll())
+        clock.advance(minutes=1)
+
+    assert [r.unhealthy for r in reports] == [False, False, True, True, True, False, False]
+    for channel in channels:
+        assert [n.outcome for n in channel.published] == ["poller.unhealthy", "poller.recovered"]
+    unhealthy = channels[0].published[0]
+    assert "3 polls in a row" in unhealthy.message
+    assert "certificate has expired" in unhealthy.message
+
+
+def test_a_gone_session_is_reported_once(source, store, channels, clock) -> None:
+    missing = "8f0e4a43-2b1d-4c3e-9f5a-6b7c8d9e0f1a"
+    poller = service(source, store, channels, clock, watched=(missing,))
+    gone = EmNotFoundError(HOST, "GET", "/api/cloud/failoverSessions/x", 404, "not found")
+    source.answer(problems=[SessionProblem(missing, gone, gone=True)])
+    source.answer(problems=[SessionProblem(missing, gone, gone=True)])
+
+    first, second = poller.poll(), poller.poll()
+
+    assert (first.sessions_gone, second.sessions_gone) == (1, 0)
+    assert first.ok and second.ok
+
+
+class CrashingChannel(FakeChannel):
+    """A channel whose invocation dies (a Lambda timeout) in the middle of a publish."""
+
+    def publish(self, notification) -> None:  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("Task timed out after 60.00 seconds")
+        super().publish(notification)
+
+
+def test_a_notification_claimed_by_a_dead_invocation_is_delivered_after_its_lease(
+    source, store, clock
+) -> None:
+    sns, events = FakeChannel("sns"), CrashingChannel("eventbridge", failures=1)
+    poller = service(source, store, (sns, events), clock)
+    source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING, **ended(1)))
+    source.answer(load_session(WORKING, **ended(1)))
+    source.answer(load_session(WORKING, **ended(1)))
+    poller.poll()
+
+    with pytest.raises(TimeoutError):
+        poller.poll()
+    clock.advance(seconds=60)
+    within_lease = poller.poll()
+    clock.advance(seconds=90)
+    after_lease = poller.poll()
+
+    assert within_lease.retried == 0
+    assert after_lease.retried == 1
+    assert len(sns.published) == len(events.published) == 1

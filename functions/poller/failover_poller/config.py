@@ -36,6 +36,7 @@ class Config:
     state_ttl: timedelta
     page_size: int
     em_timeouts: Timeouts
+    unhealthy_after_polls: int
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Config:
@@ -58,6 +59,7 @@ class Config:
                 connect=reader.number("EM_CONNECT_TIMEOUT_SECONDS", 5, 0.1, 60),
                 read=reader.number("EM_READ_TIMEOUT_SECONDS", 30, 0.1, 300),
             ),
+            unhealthy_after_polls=int(reader.number("UNHEALTHY_AFTER_POLLS", 3, 1, 1440)),
         )
 
 

@@ -93,13 +93,18 @@ class EmSessionSource:
     def fetch(self, watched_ids: tuple[str, ...], since: datetime) -> Fetched:
         """The watched sessions, or (with none watched) those discovery finds since `since`.
 
-        An authentication failure is retried once, with the credentials read afresh from
-        the secret, so a rotated password is picked up without a redeploy.
+        After an authentication failure the secret is read afresh; only if it changed (a
+        rotated password) is the logon tried once more, so a wrong password costs EM's
+        account one refused logon per poll, not two.
         """
+        credentials = self._credentials(False)
         try:
-            return self._fetch(self._credentials(False), watched_ids, since)
+            return self._fetch(credentials, watched_ids, since)
         except EmAuthenticationError:
-            return self._fetch(self._credentials(True), watched_ids, since)
+            fresh = self._credentials(True)
+            if fresh == credentials:
+                raise
+            return self._fetch(fresh, watched_ids, since)
 
     def _fetch(
         self, credentials: Credentials, watched_ids: tuple[str, ...], since: datetime

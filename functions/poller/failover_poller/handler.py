@@ -31,6 +31,10 @@ def record_metrics(report: PollReport) -> None:
     metrics.add_metric("NotificationsClaimed", MetricUnit.Count, report.notifications)
     metrics.add_metric("Deliveries", MetricUnit.Count, report.deliveries)
     metrics.add_metric("PublishFailures", MetricUnit.Count, report.publish_failures)
+    metrics.add_metric("SessionsGone", MetricUnit.Count, report.sessions_gone)
+    metrics.add_metric("PollerUnhealthy", MetricUnit.Count, 1 if report.unhealthy else 0)
+    for delay in report.notification_delays:
+        metrics.add_metric("NotificationDelaySeconds", MetricUnit.Seconds, delay)
 
 
 @metrics.log_metrics(raise_on_empty_metrics=False)

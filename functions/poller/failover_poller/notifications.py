@@ -188,3 +188,67 @@ def render(session: CloudFailoverSession, em_host: str) -> Notification:
         detail_type=DETAIL_TYPES[outcome],
         detail=_detail(session, em_host, key),
     )
+
+
+HEALTH_DETAIL_TYPES = {
+    True: "Cloud Failover Poller Unhealthy",
+    False: "Cloud Failover Poller Recovered",
+}
+
+
+def render_health(
+    em_host: str,
+    *,
+    unhealthy: bool,
+    failing_since: datetime | None,
+    failed_polls: int,
+    failure: str | None,
+    error: str | None,
+    next_attempt_at: datetime | None,
+    now: datetime,
+) -> Notification:
+    """Render the poller's own health change: it went blind on an EM, or sees it again."""
+    episode = _iso(failing_since or now)
+    state = "unhealthy" if unhealthy else "recovered"
+    key = f"{em_host}/poller/{state}/{episode}"
+    if unhealthy:
+        subject = f"Failover notifier cannot poll EM {em_host}"[:SUBJECT_LIMIT]
+        lines = [
+            f"The cloud failover notifier has not been able to poll EM {em_host} "
+            f"for {failed_polls} polls in a row.",
+            "Failovers that finish meanwhile are notified once it can poll again.",
+            "",
+            f"Failing since:       {_human_time(failing_since)}",
+            f"Failure:             {failure or '-'}",
+            f"Last error:          {error or '-'}",
+        ]
+        if next_attempt_at is not None:
+            lines.append(f"Next logon attempt:  {_human_time(next_attempt_at)}")
+    else:
+        subject = f"Failover notifier polls EM {em_host} again"[:SUBJECT_LIMIT]
+        lines = [
+            f"The cloud failover notifier polls EM {em_host} again.",
+            "",
+            f"It could not poll from {_human_time(failing_since)} to {_human_time(now)}.",
+        ]
+    return Notification(
+        dedup_key=key,
+        outcome=f"poller.{state}",
+        session_id="",
+        subject=subject,
+        message="\n".join(lines) + "\n",
+        attributes={"event_type": f"poller.{state}", "em_host": em_host, "dedup_key": key},
+        detail_type=HEALTH_DETAIL_TYPES[unhealthy],
+        detail={
+            "schemaVersion": SCHEMA_VERSION,
+            "dedupKey": key,
+            "emHost": em_host,
+            "state": state,
+            "failingSinceUtc": episode,
+            "failedPolls": failed_polls,
+            "failure": failure,
+            "error": error,
+            "nextAttemptUtc": _iso(next_attempt_at),
+            "timeUtc": _iso(now),
+        },
+    )

@@ -82,4 +82,5 @@ def build_service(environ: Mapping[str, str]) -> PollService:
         em_host=urlsplit(config.em_url).netloc,
         watched_ids=config.watched_session_ids,
         first_sight_lookback=config.first_sight_lookback,
+        unhealthy_after_polls=config.unhealthy_after_polls,
     )

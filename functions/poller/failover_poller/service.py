@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -19,8 +19,14 @@ from aws_lambda_powertools import Logger
 
 from failover_poller.channels import Channel, PublishError
 from failover_poller.em_source import CredentialsError, Fetched
-from failover_poller.notifications import Notification, render
-from failover_poller.state_store import StateStore, StateStoreError, StoredSession
+from failover_poller.notifications import Notification, render, render_health
+from failover_poller.state_store import (
+    HEALTH_PREFIX,
+    StateStore,
+    StateStoreError,
+    StoredSession,
+    Watcher,
+)
 from veeam_em.errors import (
     EmAuthenticationError,
     EmConnectionError,
@@ -38,6 +44,24 @@ PUBLISH_LEASE = timedelta(minutes=2)
 RETRIES_PER_POLL = 50
 # Stop starting new work when the invocation has less than this left.
 SAFETY_MARGIN_SECONDS = 5.0
+# After this many refused logons in a row, wait before the next (5, 10, 20, 40, 60 minutes).
+REFUSALS_BEFORE_BACK_OFF = 2
+FIRST_BACK_OFF = timedelta(minutes=5)
+LONGEST_BACK_OFF = timedelta(hours=1)
+
+
+def logon_back_off(refusals: int) -> timedelta | None:
+    """How long to wait after `refusals` refused logons in a row, so that a wrong password
+    does not lock the EM account out; None while retrying every poll is still fine.
+    """
+    if refusals < REFUSALS_BEFORE_BACK_OFF:
+        return None
+    doublings = min(refusals - REFUSALS_BEFORE_BACK_OFF, 8)
+    return min(FIRST_BACK_OFF * (1 << doublings), LONGEST_BACK_OFF)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class SessionSource(Protocol):
@@ -67,7 +91,11 @@ class PollReport:
     publish_failures: int = 0
     retried: int = 0
     out_of_time: bool = False
+    backing_off: bool = False
+    next_attempt_at: str | None = None
+    unhealthy: bool = False
     notified_sessions: list[str] = field(default_factory=list)
+    notification_delays: list[float] = field(default_factory=list)
 
     def fail(self, failure: str, error: Exception) -> None:
         """Mark the whole poll as failed."""
@@ -156,6 +184,7 @@ class PollService:
         em_host: str,
         watched_ids: tuple[str, ...],
         first_sight_lookback: timedelta,
+        unhealthy_after_polls: int = 3,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._source = source
@@ -164,24 +193,25 @@ class PollService:
         self._em_host = em_host
         self._watched_ids = watched_ids
         self._lookback = first_sight_lookback
+        self._unhealthy_after = unhealthy_after_polls
         self._clock = clock
 
     def poll(self, remaining_seconds: Callable[[], float] = lambda: float("inf")) -> PollReport:
         """Run one poll; EM faults end up in the report, not raised."""
         report = PollReport(em_host=self._em_host)
         started = self._clock()
-
         watcher = self._store.watcher(self._em_host, started, self._lookback)
-        since = (watcher.last_poll_at or watcher.watching_since) - DISCOVERY_OVERLAP
 
+        if watcher.next_attempt_at is not None and started < watcher.next_attempt_at:
+            self._back_off(report, watcher, started)
+            self._retry_pending(report, remaining_seconds, attempted=set())
+            return report
+
+        since = (watcher.last_poll_at or watcher.watching_since) - DISCOVERY_OVERLAP
         try:
             fetched = self._source.fetch(self._watched_ids, since)
         except EmError as error:
-            report.fail(failure_kind(error), error)
-            logger.error(
-                "EM poll failed",
-                extra={"em_host": self._em_host, "failure": report.failure, "error": str(error)},
-            )
+            self._poll_failed(report, error, started)
             self._retry_pending(report, remaining_seconds, attempted=set())
             return report
 
@@ -193,20 +223,107 @@ class PollService:
                 break
             self._observe(session, cutoff, report)
 
+        if watcher.unhealthy:
+            self._change_health(report, watcher, unhealthy=False, now=self._clock())
         self._retry_pending(report, remaining_seconds, attempted=set(report.notified_sessions))
         if not report.out_of_time:
             self._store.record_poll(self._em_host, started)
         return report
 
+    def _poll_failed(self, report: PollReport, error: EmError, now: datetime) -> None:
+        report.fail(failure_kind(error), error)
+        refused = isinstance(error, EmAuthenticationError)
+        watcher = self._store.record_failure(
+            self._em_host, report.failure or "em", authentication=refused, now=now
+        )
+
+        pause = logon_back_off(watcher.auth_failures) if refused else None
+        if pause is not None:
+            watcher = replace(watcher, next_attempt_at=now + pause)
+            self._store.back_off(self._em_host, watcher.next_attempt_at)
+        report.next_attempt_at = _iso(watcher.next_attempt_at)
+        logger.error(
+            "EM poll failed",
+            extra={
+                "em_host": self._em_host,
+                "failure": report.failure,
+                "error": report.error,
+                "consecutive_failures": watcher.consecutive_failures,
+                "next_attempt_at": report.next_attempt_at,
+            },
+        )
+        self._check_health(report, watcher, now)
+
+    def _back_off(self, report: PollReport, watcher: Watcher, now: datetime) -> None:
+        next_attempt = _iso(watcher.next_attempt_at)
+        error = EmAuthenticationError(
+            self._em_host,
+            f"logon paused after {watcher.auth_failures} refusals in a row, "
+            f"so as not to lock the EM account; next attempt at {next_attempt}",
+        )
+        report.fail("authentication", error)
+        report.backing_off = True
+        report.next_attempt_at = next_attempt
+        watcher = self._store.record_failure(
+            self._em_host, "authentication", authentication=None, now=now
+        )
+        logger.warning(
+            "EM logon paused after repeated authentication failures",
+            extra={"em_host": self._em_host, "next_attempt_at": next_attempt},
+        )
+        self._check_health(report, watcher, now)
+
+    def _check_health(self, report: PollReport, watcher: Watcher, now: datetime) -> None:
+        report.unhealthy = watcher.unhealthy
+        if watcher.unhealthy or watcher.consecutive_failures < self._unhealthy_after:
+            return
+        self._change_health(report, watcher, unhealthy=True, now=now)
+
+    def _change_health(
+        self, report: PollReport, watcher: Watcher, *, unhealthy: bool, now: datetime
+    ) -> None:
+        notification = render_health(
+            self._em_host,
+            unhealthy=unhealthy,
+            failing_since=watcher.failing_since,
+            failed_polls=watcher.consecutive_failures,
+            failure=report.failure,
+            error=report.error,
+            next_attempt_at=watcher.next_attempt_at,
+            now=now,
+        )
+        channels = frozenset(channel.name for channel in self._channels)
+        try:
+            claimed = self._store.claim_health_change(
+                self._em_host,
+                unhealthy=unhealthy,
+                notification=notification,
+                channels=channels,
+                now=now,
+                lease=PUBLISH_LEASE,
+            )
+        except StateStoreError as error:
+            logger.error(
+                "poller health change not recorded",
+                extra={"em_host": self._em_host, "error": str(error)},
+            )
+            return
+
+        report.unhealthy = unhealthy if claimed else report.unhealthy
+        if claimed:
+            logger.warning(
+                "poller health changed",
+                extra={"em_host": self._em_host, "unhealthy": unhealthy},
+            )
+            self._deliver(
+                f"{HEALTH_PREFIX}{notification.dedup_key}", notification, channels, report
+            )
+
     def _note_problems(self, fetched: Fetched, report: PollReport) -> None:
         report.sessions_seen = len(fetched.sessions)
         for problem in fetched.problems:
-            if problem.gone:
-                report.sessions_gone += 1
-                logger.warning(
-                    "watched session not found on EM",
-                    extra={"em_host": self._em_host, "session_id": problem.session_id},
-                )
+            if problem.gone and problem.session_id is not None:
+                self._note_gone(problem.session_id, report)
                 continue
             report.session_errors += 1
             logger.error(
@@ -216,6 +333,23 @@ class PollService:
                     "session_id": problem.session_id,
                     "error": str(problem.error),
                 },
+            )
+
+    def _note_gone(self, session_id: str, report: PollReport) -> None:
+        try:
+            first_time = self._store.mark_gone(self._em_host, session_id, self._clock())
+        except StateStoreError as error:
+            report.session_errors += 1
+            logger.error(
+                "session skipped: state table unavailable",
+                extra={"em_host": self._em_host, "session_id": session_id, "error": str(error)},
+            )
+            return
+        if first_time:
+            report.sessions_gone += 1
+            logger.warning(
+                "watched session not found on EM; marked gone",
+                extra={"em_host": self._em_host, "session_id": session_id},
             )
 
     def _observe(
@@ -293,6 +427,8 @@ class PollService:
                 )
                 continue
 
+            if len(remaining) == len(channels):
+                self._note_delay(notification, report)
             remaining.discard(channel.name)
             report.deliveries += 1
             self._store.acknowledge(self._em_host, session_id, channel.name, frozenset(remaining))
@@ -308,6 +444,12 @@ class PollService:
 
         if remaining:
             self._store.release_lease(self._em_host, session_id)
+
+    def _note_delay(self, notification: Notification, report: PollReport) -> None:
+        ended = notification.detail.get("endTimeUtc")
+        if isinstance(ended, str):
+            delay = self._clock() - datetime.fromisoformat(ended)
+            report.notification_delays.append(round(delay.total_seconds(), 3))
 
     def _retry_pending(
         self, report: PollReport, remaining_seconds: Callable[[], float], attempted: set[str]

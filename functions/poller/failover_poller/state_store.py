@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 WATCHER_ID = "#watcher"
+# Outbox items of the poller's own health notifications, beside the sessions of their EM.
+HEALTH_PREFIX = "#health/"
 PENDING_INDEX = "pending"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 
@@ -50,10 +52,21 @@ class StoredSession:
 
 @dataclass(frozen=True, slots=True)
 class Watcher:
-    """When the poller started watching an EM, and when a poll of it last succeeded."""
+    """The poller's record of one EM: since when it watches it, and how its polls go.
+
+    `consecutive_failures` counts polls in a row that could not read EM, `auth_failures`
+    those among them refused by EM's logon; `next_attempt_at` is set while the poller backs
+    off after repeated authentication failures; `unhealthy` is True once an "unhealthy"
+    notification went out and no "recovered" one since.
+    """
 
     watching_since: datetime
     last_poll_at: datetime | None
+    consecutive_failures: int = 0
+    auth_failures: int = 0
+    next_attempt_at: datetime | None = None
+    failing_since: datetime | None = None
+    unhealthy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,22 +118,151 @@ class StateStore:
         item = self._get_item(key)
         if item is None:
             raise StateStoreError("GetItem", "MissingItem", "watcher record vanished")
-        last = item.get("LastPollAt", {}).get("S")
-        return Watcher(
-            watching_since=datetime.fromisoformat(item["WatchingSince"]["S"]),
-            last_poll_at=datetime.fromisoformat(last) if last else None,
-        )
+        return _watcher(item)
 
     def record_poll(self, em_host: str, started_at: datetime) -> None:
-        """Remember when the last successful poll of this EM started."""
+        """Remember when the last successful poll of this EM started; clear its failures."""
         self._call(
             "UpdateItem",
             self._client.update_item,
             TableName=self._table,
             Key=self._key(em_host, WATCHER_ID),
-            UpdateExpression="SET LastPollAt = :at",
+            UpdateExpression=(
+                "SET LastPollAt = :at, ConsecutiveFailures = :zero, AuthFailures = :zero "
+                "REMOVE NextAttemptAt, FailingSince, LastFailure"
+            ),
             ConditionExpression="attribute_not_exists(LastPollAt) OR LastPollAt < :at",
-            ExpressionAttributeValues={":at": {"S": _iso(started_at)}},
+            ExpressionAttributeValues={":at": {"S": _iso(started_at)}, ":zero": {"N": "0"}},
+            ignore_condition=True,
+        )
+
+    def record_failure(
+        self, em_host: str, failure: str, *, authentication: bool | None, now: datetime
+    ) -> Watcher:
+        """Count a poll that could not read EM; return the watcher as it now stands.
+
+        `authentication` is True when EM refused the logon (counted apart, for the
+        back-off), False for any other failure (which ends a run of refusals), and None
+        for a poll that did not try EM at all (backing off), which leaves the count as is.
+        """
+        adds = "ConsecutiveFailures :one" + (", AuthFailures :one" if authentication else "")
+        sets = "FailingSince = if_not_exists(FailingSince, :now), LastFailure = :failure"
+        values: dict[str, Any] = {
+            ":one": {"N": "1"},
+            ":now": {"S": _iso(now)},
+            ":failure": {"S": failure},
+        }
+        if authentication is False:
+            sets += ", AuthFailures = :zero"
+            values[":zero"] = {"N": "0"}
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=self._key(em_host, WATCHER_ID),
+                UpdateExpression=f"ADD {adds} SET {sets}",
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("UpdateItem", error) from error
+        return _watcher(response["Attributes"])
+
+    def back_off(self, em_host: str, until: datetime | None) -> None:
+        """Set (or clear, with None) the moment before which EM's logon is not tried."""
+        if until is None:
+            update: dict[str, Any] = {"UpdateExpression": "REMOVE NextAttemptAt"}
+        else:
+            update = {
+                "UpdateExpression": "SET NextAttemptAt = :until",
+                "ExpressionAttributeValues": {":until": {"S": _iso(until)}},
+            }
+        self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, WATCHER_ID),
+            **update,
+        )
+
+    def claim_health_change(
+        self,
+        em_host: str,
+        *,
+        unhealthy: bool,
+        notification: Notification,
+        channels: Iterable[str],
+        now: datetime,
+        lease: timedelta,
+    ) -> bool:
+        """Flip the watcher's health and put the notification in the outbox, atomically.
+
+        Returns False when the watcher already has that health (another invocation claimed
+        the change first).
+        """
+        if unhealthy:
+            condition = "attribute_not_exists(Unhealthy) OR Unhealthy = :false"
+        else:
+            condition = "Unhealthy = :true"
+        outbox_id = f"{HEALTH_PREFIX}{notification.dedup_key}"
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": self._key(em_host, WATCHER_ID),
+                            "UpdateExpression": "SET Unhealthy = :new",
+                            "ConditionExpression": condition,
+                            "ExpressionAttributeValues": {
+                                ":new": {"BOOL": unhealthy},
+                                ":true": {"BOOL": True},
+                                ":false": {"BOOL": False},
+                            }
+                            if unhealthy
+                            else {":new": {"BOOL": unhealthy}, ":true": {"BOOL": True}},
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": {
+                                **self._key(em_host, outbox_id),
+                                **self._outbox_attributes(
+                                    em_host, notification, channels, now, lease
+                                ),
+                                "Version": {"N": "1"},
+                                "ExpiresAt": {"N": str(_epoch(now + self._ttl))},
+                            },
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            if _code(error) == "TransactionCanceledException":
+                return False
+            raise _translate("TransactWriteItems", error) from error
+        except BotoCoreError as error:
+            raise _translate("TransactWriteItems", error) from error
+        return True
+
+    def mark_gone(self, em_host: str, session_id: str, now: datetime) -> bool:
+        """Mark a watched session that EM no longer has; True only the first time."""
+        return self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, session_id),
+            UpdateExpression=(
+                "SET Gone = :true, GoneAt = :now, Version = if_not_exists(Version, :zero), "
+                "ExpiresAt = :expires"
+            ),
+            ConditionExpression="attribute_not_exists(Gone)",
+            ExpressionAttributeValues={
+                ":true": {"BOOL": True},
+                ":now": {"S": _iso(now)},
+                ":zero": {"N": "0"},
+                ":expires": {"N": str(_epoch(now + self._ttl))},
+            },
             ignore_condition=True,
         )
 
@@ -163,14 +305,7 @@ class StateStore:
             "ExpiresAt": {"N": str(_epoch(now + self._ttl))},
         }
         if notification is not None:
-            item |= {
-                "NotifiedAt": {"S": _iso(now)},
-                "DedupKey": {"S": notification.dedup_key},
-                "Notification": {"S": notification.to_json()},
-                "Pending": {"SS": sorted(channels)},
-                "PendingEmHost": {"S": em_host},
-                "LeaseUntil": {"N": str(_epoch(now + lease))},
-            }
+            item |= self._outbox_attributes(em_host, notification, channels, now, lease)
 
         if previous is None:
             condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(SessionId)"}
@@ -256,6 +391,23 @@ class StateStore:
         )
 
     @staticmethod
+    def _outbox_attributes(
+        em_host: str,
+        notification: Notification,
+        channels: Iterable[str],
+        now: datetime,
+        lease: timedelta,
+    ) -> dict[str, Any]:
+        return {
+            "NotifiedAt": {"S": _iso(now)},
+            "DedupKey": {"S": notification.dedup_key},
+            "Notification": {"S": notification.to_json()},
+            "Pending": {"SS": sorted(channels)},
+            "PendingEmHost": {"S": em_host},
+            "LeaseUntil": {"N": str(_epoch(now + lease))},
+        }
+
+    @staticmethod
     def _key(em_host: str, session_id: str) -> dict[str, Any]:
         return {"EmHost": {"S": em_host}, "SessionId": {"S": session_id}}
 
@@ -289,6 +441,23 @@ class StateStore:
         except BotoCoreError as error:
             raise _translate(operation, error) from error
         return True
+
+
+def _optional_time(item: dict[str, Any], name: str) -> datetime | None:
+    value = item.get(name, {}).get("S")
+    return datetime.fromisoformat(value) if value else None
+
+
+def _watcher(item: dict[str, Any]) -> Watcher:
+    return Watcher(
+        watching_since=datetime.fromisoformat(item["WatchingSince"]["S"]),
+        last_poll_at=_optional_time(item, "LastPollAt"),
+        consecutive_failures=int(item.get("ConsecutiveFailures", {}).get("N", "0")),
+        auth_failures=int(item.get("AuthFailures", {}).get("N", "0")),
+        next_attempt_at=_optional_time(item, "NextAttemptAt"),
+        failing_since=_optional_time(item, "FailingSince"),
+        unhealthy=bool(item.get("Unhealthy", {}).get("BOOL", False)),
+    )
 
 
 def _expired(item: dict[str, Any]) -> bool:
