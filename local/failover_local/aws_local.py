@@ -1,8 +1,9 @@
 """The local stand-in for AWS: moto's server on loopback, provisioned from `template.yaml`.
 
 The state table, the topic and the event bus are created from their definitions in the
-template (not from a second copy of them), and so are the function's environment
-variables, so the handler runs against the same shapes as in AWS. Two SQS queues stand in
+template (not from a second copy of them), less what has no local counterpart (their
+KMS key, backups), and so are the function's environment variables, so the handler runs
+against the same shapes as in AWS. Two SQS queues stand in
 for subscribers: one subscribed to the topic, one the target of a rule on the bus, so what
 the runner prints is what a subscriber really receives.
 """
@@ -23,6 +24,20 @@ from moto.server import ThreadedMotoServer
 from failover_poller.notifications import EVENT_SOURCE
 
 STACK_NAME = "local"
+# The resources provisioned locally, by logical ID in `template.yaml`.
+TABLE_ID = "StateTable"
+TOPIC_ID = "FailoverTopic"
+BUS_ID = "FailoverEventBus"
+FUNCTION_ID = "PollerFunction"
+# What a resource needs locally; the rest (its KMS key, backups) has no local counterpart.
+TABLE_PROPERTIES = (
+    "AttributeDefinitions",
+    "KeySchema",
+    "BillingMode",
+    "GlobalSecondaryIndexes",
+    "TimeToLiveSpecification",
+)
+TOPIC_PROPERTIES = ("DisplayName",)
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 _NO_VALUE = object()
@@ -54,16 +69,13 @@ class Template:
             parameters=document.get("Parameters", {}),
         )
 
-    def resource(self, resource_type: str) -> tuple[str, Mapping[str, Any]]:
-        """The one resource of `resource_type`: its logical ID and properties."""
-        found = [
-            (name, body.get("Properties", {}))
-            for name, body in self.resources.items()
-            if body.get("Type") == resource_type
-        ]
-        if len(found) != 1:
-            raise TemplateError(f"template.yaml must hold one {resource_type}, has {len(found)}")
-        return found[0]
+    def resource(self, logical_id: str, resource_type: str) -> Mapping[str, Any]:
+        """The properties of resource `logical_id`, which must be a `resource_type`."""
+        body = self.resources.get(logical_id)
+        if not isinstance(body, dict) or body.get("Type") != resource_type:
+            raise TemplateError(f"template.yaml must hold a {resource_type} named {logical_id}")
+        properties: Mapping[str, Any] = body.get("Properties", {})
+        return properties
 
 
 class Resolver:
@@ -220,32 +232,30 @@ def provision(
     )["ARN"]
     resolver = Resolver(template, {**parameters, "EmSecretArn": secret_arn})
 
-    table_id, table = template.resource("AWS::DynamoDB::Table")
-    table_name = f"{STACK_NAME}-{table_id}"
-    _create_table(table_name, resolver.resolve(table))
-    resolver.refs[table_id] = table_name
-    resolver.attributes[f"{table_id}.Arn"] = (
+    table = template.resource(TABLE_ID, "AWS::DynamoDB::Table")
+    table_name = f"{STACK_NAME}-{TABLE_ID}"
+    _create_table(table_name, resolver.resolve(_only(table, TABLE_PROPERTIES)))
+    resolver.refs[TABLE_ID] = table_name
+    resolver.attributes[f"{TABLE_ID}.Arn"] = (
         f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table_name}"
     )
 
-    topic_id, topic = template.resource("AWS::SNS::Topic")
+    topic = template.resource(TOPIC_ID, "AWS::SNS::Topic")
     topic_attributes = {
-        key: str(value)
-        for key, value in resolver.resolve(topic).items()
-        if key in ("DisplayName", "KmsMasterKeyId")
+        key: str(value) for key, value in resolver.resolve(_only(topic, TOPIC_PROPERTIES)).items()
     }
     topic_arn = boto3.client("sns").create_topic(
-        Name=f"{STACK_NAME}-{topic_id}", Attributes=topic_attributes
+        Name=f"{STACK_NAME}-{TOPIC_ID}", Attributes=topic_attributes
     )["TopicArn"]
-    resolver.refs[topic_id] = topic_arn
+    resolver.refs[TOPIC_ID] = topic_arn
 
-    bus_id, bus = template.resource("AWS::Events::EventBus")
-    bus_name = resolver.resolve(bus)["Name"]
+    bus = template.resource(BUS_ID, "AWS::Events::EventBus")
+    bus_name = resolver.resolve(_only(bus, ("Name",)))["Name"]
     bus_arn = boto3.client("events").create_event_bus(Name=bus_name)["EventBusArn"]
-    resolver.refs[bus_id] = bus_name
-    resolver.attributes[f"{bus_id}.Arn"] = bus_arn
+    resolver.refs[BUS_ID] = bus_name
+    resolver.attributes[f"{BUS_ID}.Arn"] = bus_arn
 
-    _, function = template.resource("AWS::Serverless::Function")
+    function = template.resource(FUNCTION_ID, "AWS::Serverless::Function")
     variables = {
         **template.globals_.get("Function", {}).get("Environment", {}).get("Variables", {}),
         **function.get("Environment", {}).get("Variables", {}),
@@ -257,6 +267,10 @@ def provision(
         sns_queue_url=_subscribe_topic(topic_arn),
         events_queue_url=_subscribe_bus(bus_name),
     )
+
+
+def _only(properties: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {key: value for key, value in properties.items() if key in names}
 
 
 def _create_table(name: str, properties: Mapping[str, Any]) -> None:

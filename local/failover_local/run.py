@@ -16,7 +16,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ DEMO_INTERVAL = 1.0
 REAL_EM_INTERVAL = 60.0
 EXIT_CANNOT_POLL = 3
 EXIT_USAGE = 2
+MAX_INTERVAL = 24 * 3600.0
 
 
 @dataclass
@@ -53,28 +55,75 @@ class LambdaContext:
         return int((self.timeout_seconds - (time.monotonic() - self.started)) * 1000)
 
 
+def _interval(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or not 0 <= value <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_INTERVAL:g} seconds")
+    return value
+
+
+def _polls(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _session_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError("must be a session GUID") from error
+
+
+def _em_url(text: str) -> str:
+    from veeam_em.client import normalize_base_url
+
+    try:
+        return normalize_base_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _ca_bundle(text: str) -> Path:
+    path = Path(text)
+    try:
+        pem = path.read_text(encoding="ascii", errors="replace")
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror}") from error
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise argparse.ArgumentTypeError(f"{text} holds no PEM certificate")
+    return path.resolve()
+
+
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     """The options of `make run ARGS='...'`."""
     parser = argparse.ArgumentParser(
         prog="make run ARGS=...",
         description="Run the poller locally against moto and an EM (the simulator by default).",
     )
-    parser.add_argument("--vem-url", help="a real EM, e.g. https://em.example.com:9398")
-    parser.add_argument("--username", help="EM user; the password comes from $VEM_PASSWORD")
-    parser.add_argument("--ca-bundle", type=Path, help="PEM file of the CA to trust for EM")
     parser.add_argument(
-        "--session-id", action="append", default=[], help="watch this session (repeatable)"
+        "--vem-url", type=_em_url, help="a real EM, e.g. https://em.example.com:9398"
     )
-    parser.add_argument("--polls", type=int, help="stop after this many polls")
-    parser.add_argument("--interval", type=float, help="seconds between polls")
+    parser.add_argument("--username", help="EM user; the password comes from $VEM_PASSWORD")
+    parser.add_argument("--ca-bundle", type=_ca_bundle, help="PEM file of the CA to trust")
     parser.add_argument(
-        "--log-level", default="WARNING", help="handler log level (default WARNING)"
+        "--session-id",
+        type=_session_id,
+        action="append",
+        default=[],
+        help="watch this session (repeatable)",
+    )
+    parser.add_argument("--polls", type=_polls, help="stop after this many polls")
+    parser.add_argument("--interval", type=_interval, help="seconds between polls")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="WARNING",
+        help="handler log level (default WARNING)",
     )
     arguments = parser.parse_args(argv)
-    if arguments.polls is not None and arguments.polls < 1:
-        parser.error("--polls must be at least 1")
-    if arguments.interval is not None and arguments.interval < 0:
-        parser.error("--interval must not be negative")
     if arguments.vem_url is None and arguments.username:
         parser.error("--username needs --vem-url (the simulator has its own account)")
     return arguments
@@ -90,19 +139,21 @@ def main(argv: Sequence[str], out: TextIO) -> int:
     """Run the polls and print each received notification to `out`."""
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Retries and moto's request lines are noise here; what failed is said once, at the end.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="No application metrics")
 
     with ExitStack() as stack:
         if arguments.vem_url:
             password = os.environ.get("VEM_PASSWORD", "")
             if not arguments.username or not password:
                 return fail("--vem-url needs --username and the VEM_PASSWORD variable", EXIT_USAGE)
-            if arguments.ca_bundle and not arguments.ca_bundle.is_file():
-                return fail(f"--ca-bundle {arguments.ca_bundle} is not a file", EXIT_USAGE)
             em_url, username = arguments.vem_url, arguments.username
-            ca_bundle = str(arguments.ca_bundle.resolve()) if arguments.ca_bundle else ""
+            ca_bundle = str(arguments.ca_bundle) if arguments.ca_bundle else ""
             interval = REAL_EM_INTERVAL if arguments.interval is None else arguments.interval
             polls = arguments.polls
+            on_ready: Callable[[], None] = lambda: None  # noqa: E731 (nothing to start)
         else:
             from failover_local.em_simulator import DEMO_PASSWORD, EmSimulator
             from failover_local.story import demo_story
@@ -122,6 +173,10 @@ def main(argv: Sequence[str], out: TextIO) -> int:
                 file=sys.stderr,
             )
 
+            def on_ready() -> None:
+                # The story starts with the first poll, not while AWS is being set up.
+                simulator.story = demo_story(datetime.now(UTC), pace=pace)
+
         return run_polls(
             stack,
             em_url=em_url,
@@ -135,6 +190,7 @@ def main(argv: Sequence[str], out: TextIO) -> int:
             polls=polls,
             interval=interval,
             out=out,
+            on_ready=on_ready,
         )
 
 
@@ -147,6 +203,7 @@ def run_polls(
     polls: int | None,
     interval: float,
     out: TextIO,
+    on_ready: Callable[[], None],
 ) -> int:
     """Provision moto from the template, then invoke the handler `polls` times."""
     from failover_local.aws_local import Template, provision, start_moto
@@ -159,10 +216,16 @@ def run_polls(
         # CloudWatch's metric records are noise on a terminal unless asked for.
         os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 
-    from failover_poller.config import ConfigError
+    from failover_poller.config import Config, ConfigError
     from failover_poller.handler import lambda_handler
 
+    try:
+        Config.from_environ(os.environ)
+    except ConfigError as error:
+        return fail(str(error), EXIT_USAGE)
+
     event: dict[str, Any] = json.loads(SCHEDULED_EVENT.read_text(encoding="utf-8"))
+    on_ready()
     polled_once = False
     count = 0
     while polls is None or count < polls:

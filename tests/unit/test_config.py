@@ -42,6 +42,10 @@ def test_session_ids_are_normalised_and_deduplicated() -> None:
         ("FIRST_SIGHT_LOOKBACK_MINUTES", "soon"),
         ("STATE_TTL_DAYS", "1"),
         ("EM_READ_TIMEOUT_SECONDS", "-1"),
+        ("EM_CA_BUNDLE", "/nonexistent/em-ca.pem"),
+        ("EM_CA_BUNDLE", "MIIBszCCAVmgAwIBAgIUJ2"),
+        ("EM_CA_BUNDLE", "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----"),
+        ("UNHEALTHY_AFTER_POLLS", "0"),
     ],
 )
 def test_a_bad_variable_is_named_in_the_error(variable: str, value: str) -> None:

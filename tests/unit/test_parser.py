@@ -222,6 +222,12 @@ HOSTILE = [
         "2026-03-01T11:59:59+00:00",
         HOSTILE_GUID,
     ),
+    (
+        "hostile/session-end-time-out-of-range.xml",
+        "a valid time in EndTimeUTC",
+        "'9999-12-31T23:59:59-01:00'",
+        HOSTILE_GUID,
+    ),
     ("hostile/session-negative-progress.xml", "a Progress from 0 to 100", "-5", HOSTILE_GUID),
     ("hostile/session-progress-150.xml", "a Progress from 0 to 100", "150", HOSTILE_GUID),
     ("hostile/session-non-numeric-progress.xml", "an integer in Progress", "'half'", HOSTILE_GUID),

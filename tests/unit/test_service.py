@@ -362,3 +362,24 @@ def test_a_notification_claimed_by_a_dead_invocation_is_delivered_after_its_leas
     assert within_lease.retried == 0
     assert after_lease.retried == 1
     assert len(sns.published) == len(events.published) == 1
+
+
+def test_a_session_unreadable_for_a_while_is_still_notified_when_it_reads_again(
+    source, store, channels, clock
+) -> None:
+    poller = service(source, store, channels, clock)
+    broken = EmResponseError("https://em/x", "a Progress from 0 to 100", "-5", session_id="s")
+    source.answer(load_session(WORKING))
+    source.answer(problems=[SessionProblem("s", broken)])
+    source.answer(problems=[SessionProblem("s", broken)])
+    source.answer(load_session(WORKING, **ended(2)))
+
+    complete = poller.poll()
+    for _ in range(3):
+        clock.advance(minutes=6)
+        last = poller.poll()
+
+    assert complete.ok
+    assert last.notifications == 1
+    # Every poll after the complete one still asks from before it.
+    assert {since for _, since in source.calls[1:]} == {FIRST_POLL - timedelta(minutes=5)}

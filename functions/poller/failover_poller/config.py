@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -45,7 +46,7 @@ class Config:
         return cls(
             em_url=reader.em_url("EM_URL"),
             em_secret_arn=reader.arn("EM_SECRET_ARN"),
-            em_ca_bundle=reader.optional("EM_CA_BUNDLE"),
+            em_ca_bundle=reader.ca_bundle("EM_CA_BUNDLE"),
             watched_session_ids=reader.guids("EM_SESSION_IDS"),
             state_table_name=reader.required("STATE_TABLE_NAME"),
             topic_arn=reader.arn("TOPIC_ARN"),
@@ -88,6 +89,18 @@ class _Reader:
             return normalize_base_url(self.required(name))
         except ValueError as error:
             raise ConfigError(name, str(error)) from error
+
+    def ca_bundle(self, name: str) -> str | None:
+        value = self.optional(name)
+        if value is None:
+            return None
+        if "-----BEGIN" in value:
+            if "-----BEGIN CERTIFICATE-----" not in value:
+                raise ConfigError(name, "holds PEM text but no certificate")
+            return value
+        if not os.path.isfile(value):
+            raise ConfigError(name, "must be PEM text or the path of a PEM file")
+        return value
 
     def guids(self, name: str) -> tuple[str, ...]:
         text = self.optional(name) or ""

@@ -8,15 +8,21 @@ stops the others.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 from veeam_em.client import EmClient, Timeouts
-from veeam_em.errors import EmAuthenticationError, EmError, EmNotFoundError, EmResponseError
+from veeam_em.errors import (
+    EmAuthenticationError,
+    EmError,
+    EmHttpError,
+    EmNotFoundError,
+    EmResponseError,
+)
 from veeam_em.models import CloudFailoverSession
 
 
@@ -58,15 +64,16 @@ def discovery_filter(since: datetime) -> str:
     return f'State!=Stopped,EndTime>="{moment}"'
 
 
+@cache
 def ca_bundle_file(value: str | None) -> str | None:
-    """A CA bundle given as PEM text is written to a file once; a path is used as is."""
+    """A CA bundle given as PEM text is written once to a private file of this process; a
+    path is used as it is.
+    """
     if value is None or "-----BEGIN" not in value:
         return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"em-ca-{digest}.pem")
-    if not os.path.exists(path):
-        with open(path, "w", encoding="ascii") as handle:
-            handle.write(value)
+    handle, path = tempfile.mkstemp(prefix="em-ca-", suffix=".pem")
+    with os.fdopen(handle, "w", encoding="ascii") as file:
+        file.write(value)
     return path
 
 
@@ -130,7 +137,9 @@ class EmSessionSource:
                 sessions.append(client.get_failover_session(session_id))
             except EmNotFoundError as error:
                 problems.append(SessionProblem(session_id, error, gone=True))
-            except EmResponseError as error:
+            except (EmResponseError, EmHttpError) as error:
+                # One session's bad answer spoils that session only; connection, TLS and
+                # authentication failures still end the poll.
                 problems.append(SessionProblem(session_id, error))
         return Fetched(tuple(sessions), tuple(problems))
 

@@ -197,15 +197,26 @@ class PollService:
         self._clock = clock
 
     def poll(self, remaining_seconds: Callable[[], float] = lambda: float("inf")) -> PollReport:
-        """Run one poll; EM faults end up in the report, not raised."""
+        """Run one poll; EM and AWS faults end up in the report, not raised."""
         report = PollReport(em_host=self._em_host)
+        try:
+            self._poll(report, remaining_seconds)
+        except StateStoreError as error:
+            report.fail("state", error)
+            logger.error(
+                "poll stopped: state table unavailable",
+                extra={"em_host": self._em_host, "error": str(error)},
+            )
+        return report
+
+    def _poll(self, report: PollReport, remaining_seconds: Callable[[], float]) -> None:
         started = self._clock()
         watcher = self._store.watcher(self._em_host, started, self._lookback)
 
         if watcher.next_attempt_at is not None and started < watcher.next_attempt_at:
             self._back_off(report, watcher, started)
             self._retry_pending(report, remaining_seconds, attempted=set())
-            return report
+            return
 
         since = (watcher.last_poll_at or watcher.watching_since) - DISCOVERY_OVERLAP
         try:
@@ -213,7 +224,7 @@ class PollService:
         except EmError as error:
             self._poll_failed(report, error, started)
             self._retry_pending(report, remaining_seconds, attempted=set())
-            return report
+            return
 
         self._note_problems(fetched, report)
         cutoff = None if self._watched_ids else watcher.watching_since
@@ -226,9 +237,15 @@ class PollService:
         if watcher.unhealthy:
             self._change_health(report, watcher, unhealthy=False, now=self._clock())
         self._retry_pending(report, remaining_seconds, attempted=set(report.notified_sessions))
-        if not report.out_of_time:
+        if report.out_of_time or report.session_errors:
+            # Keep discovery's window open from the last complete poll, so that a session
+            # not read (or not saved) this time is found again, however it ends meanwhile.
+            logger.warning(
+                "poll incomplete; the next one looks back as far as this one did",
+                extra={"em_host": self._em_host, "session_errors": report.session_errors},
+            )
+        else:
             self._store.record_poll(self._em_host, started)
-        return report
 
     def _poll_failed(self, report: PollReport, error: EmError, now: datetime) -> None:
         report.fail(failure_kind(error), error)

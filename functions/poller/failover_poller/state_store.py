@@ -101,6 +101,10 @@ class StateStore:
         ends between a deployment and its first scheduled poll is still notified.
         """
         key = self._key(em_host, WATCHER_ID)
+        item = self._get_item(key)
+        if item is not None:
+            return _watcher(item)
+
         since = now - lookback
         try:
             self._client.put_item(

@@ -42,6 +42,8 @@ _logger = logging.getLogger(__name__)
 TOKEN_HEADER = "X-RestSvcSessionId"  # noqa: S105 (a header name, not a secret)
 SESSION_TYPE = "CloudFailoverSession"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# A Next chain longer than this is a broken EM (or proxy), not a busy one.
+MAX_QUERY_PAGES = 1000
 # Statuses a query with a filter may answer when this EM cannot run the query service.
 _QUERY_UNSUPPORTED = frozenset({400, 404, 405, 501})
 
@@ -50,7 +52,7 @@ def normalize_base_url(url: str) -> str:
     """Return EM's API root (`https://host:9398/api`) for a URL given with or without `/api`."""
     parts = urlsplit(url.strip())
     if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"EM URL must be https://host[:port][/api], got {url!r}")
+        raise ValueError(f"EM URL must be https://host[:port][/path][/api], got {url!r}")
 
     path = parts.path.rstrip("/")
     if not path.lower().endswith("/api"):
@@ -177,6 +179,12 @@ class EmClient:
             self._token = None
             self._logon = None
 
+    def _close_refused_logon(self) -> None:
+        try:
+            self.logout()
+        except EmError as error:
+            _logger.info("EM logout of a refused token failed", extra={"error": str(error)})
+
     def get_failover_session(self, session_id: str) -> CloudFailoverSession:
         """Fetch one session entity by its bare GUID."""
         url = f"{self.base_url}/cloud/failoverSessions/{quote(session_id)}?format=Entity"
@@ -198,6 +206,8 @@ class EmClient:
         seen: set[str] = set()
 
         while url is not None and url not in seen:
+            if len(seen) >= MAX_QUERY_PAGES:
+                raise EmResponseError(url, f"at most {MAX_QUERY_PAGES} query pages", "more")
             seen.add(url)
             page = parse_query_result(self._get(url), url)
             yield page
@@ -227,7 +237,7 @@ class EmClient:
         for ref in refs:
             try:
                 sessions.append(self.get_failover_session(ref.id))
-            except (EmResponseError, EmNotFoundError) as error:
+            except (EmResponseError, EmHttpError) as error:
                 rejected.append(error)
         yield QueryResult(
             sessions=tuple(sessions), refs=refs, paging=None, rejected=tuple(rejected)
@@ -246,7 +256,10 @@ class EmClient:
     def _get(self, url: str) -> bytes:
         response = self._send("GET", url)
         if response.status_code == 401:
-            # EM expires idle tokens after 15 minutes: log on again once, retry once.
+            # EM expires idle tokens after 15 minutes: log on again once, retry once. The
+            # old logon session is closed first, in case EM refused it for another reason.
+            response.close()
+            self._close_refused_logon()
             self.logon()
             response = self._send("GET", url)
             if response.status_code == 401:
@@ -345,5 +358,18 @@ def _tls_reason(error: BaseException) -> str:
 
 
 def _connection_reason(error: BaseException) -> str:
-    text = str(error)
-    return text if len(text) <= 300 else f"{text[:300]}..."
+    """The innermost cause in a few words (`[Errno 111] Connection refused`), not urllib3's
+    whole chain of wrappers."""
+    current: BaseException | None = error
+    innermost: BaseException = error
+    for _ in range(10):
+        if current is None:
+            break
+        innermost = current
+        reason = getattr(current, "reason", None)
+        nested = next((arg for arg in current.args if isinstance(arg, BaseException)), None)
+        current = reason if isinstance(reason, BaseException) else nested or current.__cause__
+    text = str(innermost)
+    if ": " in text and innermost is not error:
+        text = text.rsplit(": ", 1)[-1] if "Errno" in text else text
+    return text if len(text) <= 200 else f"{text[:200]}..."

@@ -123,12 +123,11 @@ def parse_timestamp(value: str, source: str, field: str) -> datetime:
     try:
         naive = datetime.fromisoformat(f"{match['base']}.{fraction}")
         offset = timedelta() if zone == "Z" else _offset(zone)
-    except ValueError as error:
+        if naive.year < EARLIEST_REAL_YEAR:
+            raise EmResponseError(source, f"a real time in {field}", f"placeholder {value!r}")
+        return naive.replace(tzinfo=timezone(offset)).astimezone(UTC)
+    except (ValueError, OverflowError) as error:
         raise EmResponseError(source, f"a valid time in {field}", repr(value)) from error
-
-    if naive.year < EARLIEST_REAL_YEAR:
-        raise EmResponseError(source, f"a real time in {field}", f"placeholder {value!r}")
-    return naive.replace(tzinfo=timezone(offset)).astimezone(UTC)
 
 
 def _offset(zone: str) -> timedelta:
