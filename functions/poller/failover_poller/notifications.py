@@ -44,6 +44,9 @@ class Notification:
     attributes: dict[str, str]
     detail_type: str
     detail: dict[str, Any]
+    variants: dict[str, str] | None = None
+    """Per-protocol SNS bodies (`default`, `email`, `sms`); without them `message` is sent
+    to every protocol."""
 
     def to_json(self) -> str:
         """Serialize for the outbox."""
