@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -183,9 +183,13 @@ class FakeStateStore:
         return True
 
     def acknowledge(
-        self, em_host: str, session_id: str, channel: str, remaining: frozenset[str]
+        self, em_host: str, session_id: str, channels: frozenset[str], remaining: frozenset[str]
     ) -> None:
-        self.items[(em_host, session_id)].pending.discard(channel)
+        self.items[(em_host, session_id)].pending -= channels
+
+    def get_many(self, em_host: str, session_ids: Sequence[str]) -> dict[str, StoredSession]:
+        found = {sid: self.get(em_host, sid) for sid in session_ids}
+        return {sid: stored for sid, stored in found.items() if stored is not None}
 
     def pending(self, em_host: str, limit: int) -> list[PendingNotification]:
         waiting = [
@@ -214,8 +218,12 @@ class FakeChannel:
     failures: int = 0
     published: list[Notification] = field(default_factory=list)
 
-    def publish(self, notification: Notification) -> None:
+    calls: int = 0
+
+    def publish_batch(self, entries: Sequence[tuple[str, Notification]]) -> dict[str, str]:
+        self.calls += 1
         if self.failures:
             self.failures -= 1
             raise PublishError(self.name, "ThrottlingException", "Rate exceeded")
-        self.published.append(notification)
+        self.published += [notification for _, notification in entries]
+        return {}

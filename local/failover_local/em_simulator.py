@@ -2,7 +2,8 @@
 
 It plays a ``Story`` of cloud failover sessions and serves the routes the notifier uses:
 logon and logout, the session entity and reference, the session collection and the query
-service with EM's filter grammar and paging. The certificate comes from a ``TestPki``, so
+service with EM's filter grammar and paging, for sessions and for the story's failover
+plans (with their tenants). The certificate comes from a ``TestPki``, so
 clients verify it through the CA bundle instead of switching verification off.
 
 Tests and benchmarks script it through ``inject`` (canned or broken answers per route),
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, Self, cast
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from failover_local.story import SessionState, Story, TaskState
+from failover_local.story import ScriptedPlan, SessionState, Story, TaskState
 from failover_local.tls import TestPki
 
 _LOG = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ EM_NAMESPACE = "http://www.veeam.com/ent/v1.0"
 DEMO_PASSWORD = "demo-password-not-secret"  # noqa: S105 - loopback simulator only
 """The password the simulator accepts unless told otherwise."""
 
-ROUTES = frozenset({"logon", "logout", "session", "refs", "query", "unknown"})
-"""Route names used by ``inject`` and ``request_counts``."""
+ROUTES = frozenset({"logon", "logout", "session", "refs", "query", "plans", "unknown"})
+"""Route names used by ``inject`` and ``request_counts``; ``plans`` is the query service
+asked for ``type=CloudFailoverPlan``, ``query`` the query service asked for anything else."""
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -59,6 +61,8 @@ _XML_CONTENT_TYPE = "application/xml; charset=utf-8"
 _SESSION_ID_HEADER = "X-RestSvcSessionId"
 _REALM = "Veeam Backup Enterprise Manager"
 _SESSION_URN = "urn:veeam:CloudFailoverSession:"
+_PLAN_URN = "urn:veeam:CloudFailoverPlan:"
+_TENANT_URN = "urn:veeam:CloudTenant:"
 _BACKUP_SERVER_URN = "urn:veeam:BackupServer:"
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _SESSION_PATH = re.compile(rf"/api/cloud/failoversessions/(?P<guid>{_GUID})/?", re.IGNORECASE)
@@ -282,11 +286,12 @@ class EmSimulator:
 
             if request.route == "logout":
                 return self._logout(request)
-            if request.route == "session":
-                return self._session(request)
-            if request.route == "refs":
-                return self._collection(request)
-            return self._query(request)
+            routes = {
+                "session": self._session,
+                "refs": self._collection,
+                "plans": self._plan_query,
+            }
+            return routes.get(request.route, self._query)(request)
         except EmError as error:
             return _Answer(
                 error.status,
@@ -394,8 +399,7 @@ class EmSimulator:
         if output not in ("entities", "refs"):
             raise EmError(400, f"Query format {query['format']!r} is not supported.")
 
-        page_size = min(_positive_int(query, "pagesize", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
-        page = _positive_int(query, "page", 1)
+        page_size, page = _paging_parameters(query)
         matches = _sorted(_filtered(self._snapshot(), query.get("filter", "")), query)
 
         pages = max(1, math.ceil(len(matches) / page_size))
@@ -407,6 +411,33 @@ class EmSimulator:
         else:
             wrapper = _child(root, "Refs")
             wrapper.extend(_session_ref(self._api_url, s, "Ref") for s in shown)
+
+        root.append(_paging_info(self._api_url, query, page, pages, page_size))
+        return _xml_answer(root)
+
+    def _plan_query(self, request: _Request) -> _Answer:
+        query = request.query
+        output = query.get("format", "Refs").lower()
+        if output not in ("entities", "refs"):
+            raise EmError(400, f"Query format {query['format']!r} is not supported.")
+
+        page_size, page = _paging_parameters(query)
+        plans = self.story.plans
+        text = query.get("filter", "")
+        if text.strip():
+            condition = _FilterParser(text, _PLAN_FIELDS, _PLAN_ENUMS).parse()
+            plans = tuple(plan for plan in plans if condition.matches(plan))
+        matches = sorted(plans, key=lambda plan: (plan.name.casefold(), plan.guid))
+
+        pages = max(1, math.ceil(len(matches) / page_size))
+        shown = matches[(page - 1) * page_size : page * page_size]
+        root = _element("QueryResult")
+        if output == "entities":
+            wrapper = _child(_child(root, "Entities"), "CloudFailoverPlans")
+            wrapper.extend(_plan_entity(self._api_url, plan) for plan in shown)
+        else:
+            wrapper = _child(root, "Refs")
+            wrapper.extend(_plan_ref(self._api_url, plan) for plan in shown)
 
         root.append(_paging_info(self._api_url, query, page, pages, page_size))
         return _xml_answer(root)
@@ -547,6 +578,8 @@ class _EmRequestHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         route, param = _route(parts.path)
         query = {k.lower(): v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+        if route == "query" and query.get("type", "").lower() == "cloudfailoverplan":
+            route = "plans"
         headers = {k.lower(): v for k, v in self.headers.items()}
         return _Request(
             method=self.command,
@@ -598,6 +631,11 @@ def _route(path: str) -> tuple[str, str]:
     if logout is not None:
         return "logout", logout["id"]
     return "unknown", ""
+
+
+def _paging_parameters(query: Mapping[str, str]) -> tuple[int, int]:
+    page_size = min(_positive_int(query, "pagesize", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
+    return page_size, _positive_int(query, "page", 1)
 
 
 def _cookie(header: str, name: str) -> str:
@@ -763,6 +801,32 @@ def _task_element(parent: ET.Element, api: str, task: TaskState) -> None:
         _child(item, "FailureMessage", task.failure_message)
 
 
+def _plan_ref(api: str, plan: ScriptedPlan) -> ET.Element:
+    return _element(
+        "Ref",
+        Type="CloudFailoverPlanReference",
+        Href=f"{api}/cloud/cloudFailoverPlans/{plan.guid}",
+        Name=plan.name,
+        UID=f"{_PLAN_URN}{plan.guid}",
+    )
+
+
+def _plan_entity(api: str, plan: ScriptedPlan) -> ET.Element:
+    href = f"{api}/cloud/cloudFailoverPlans/{plan.guid}"
+    root = _element(
+        "CloudFailoverPlan",
+        Type="CloudFailoverPlan",
+        Href=f"{href}?format=Entity",
+        Name=plan.name,
+        UID=f"{_PLAN_URN}{plan.guid}",
+    )
+    links = _child(root, "Links")
+    _child(links, "Link", Rel="Alternate", Type="CloudFailoverPlanReference", Href=href)
+    _child(root, "TenantUid", f"{_TENANT_URN}{plan.tenant_id}")
+    _child(root, "TenantName", plan.tenant_name)
+    return root
+
+
 def _paging_info(
     api: str, query: Mapping[str, str], page: int, pages: int, page_size: int
 ) -> ET.Element:
@@ -776,7 +840,8 @@ def _paging_info(
 
 
 def _page_href(api: str, query: Mapping[str, str], page_size: int, page: int) -> str:
-    parameters = [("type", "CloudFailoverSession"), ("format", query.get("format", "Refs"))]
+    object_type = query.get("type") or "CloudFailoverSession"
+    parameters = [("type", object_type), ("format", query.get("format", "Refs"))]
     parameters += [(k, query[k]) for k in ("sortasc", "sortdesc", "filter") if query.get(k)]
     parameters += [("pageSize", str(page_size)), ("page", str(page))]
     names = {"sortasc": "sortAsc", "sortdesc": "sortDesc"}
@@ -842,14 +907,24 @@ _DATE_VALUE = re.compile(
 )
 
 
+_PLAN_FIELDS: dict[str, Callable[[ScriptedPlan], _FilterValue]] = {
+    "uid": lambda p: f"{_PLAN_URN}{p.guid}",
+    "name": lambda p: p.name,
+    "type": lambda p: "CloudFailoverPlan",
+    "tenantuid": lambda p: f"{_TENANT_URN}{p.tenant_id}",
+    "tenantname": lambda p: p.tenant_name,
+}
+_PLAN_ENUMS: dict[str, frozenset[str]] = {"type": frozenset({"cloudfailoverplan"})}
+
+
 @dataclass(frozen=True)
 class _Comparison:
-    field: str
+    value_of: Callable[[Any], _FilterValue]
     operator: str
     value: _FilterValue
 
-    def matches(self, state: SessionState) -> bool:
-        actual = _FIELD_VALUES[self.field](state)
+    def matches(self, state: Any) -> bool:
+        actual = self.value_of(state)
         if actual is None:
             return False  # like SQL NULL: a running session has no EndTime to compare
         if isinstance(actual, str) and isinstance(self.value, str):
@@ -861,7 +936,7 @@ class _Comparison:
 class _AnyOf:
     terms: tuple[_Filter, ...]
 
-    def matches(self, state: SessionState) -> bool:
+    def matches(self, state: Any) -> bool:
         return any(term.matches(state) for term in self.terms)
 
 
@@ -869,7 +944,7 @@ class _AnyOf:
 class _AllOf:
     terms: tuple[_Filter, ...]
 
-    def matches(self, state: SessionState) -> bool:
+    def matches(self, state: Any) -> bool:
         return all(term.matches(state) for term in self.terms)
 
 
@@ -903,8 +978,15 @@ class _FilterParser:
     ``,`` (OR). Values are bare up to the next ``;``, ``,`` or ``)``, or double-quoted.
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(
+        self,
+        text: str,
+        fields: Mapping[str, Callable[[Any], _FilterValue]] = _FIELD_VALUES,
+        enums: Mapping[str, frozenset[str]] = _ENUMS,
+    ) -> None:
         self._text = text
+        self._fields = fields
+        self._enums = enums
         self._position = 0
 
     def parse(self) -> _Filter:
@@ -940,7 +1022,7 @@ class _FilterParser:
         if match is None:
             self._fail("expected a field name")
         name = match.group().lower()
-        if name not in _FIELD_VALUES:
+        if name not in self._fields:
             self._fail(f"unknown field {match.group()!r}")
         self._position = match.end()
 
@@ -951,7 +1033,7 @@ class _FilterParser:
         self._position += len(operator)
 
         raw = self._value()
-        return _Comparison(name, operator, self._typed(name, operator, raw))
+        return _Comparison(self._fields[name], operator, self._typed(name, operator, raw))
 
     def _value(self) -> str:
         self._skip_spaces()
@@ -977,7 +1059,7 @@ class _FilterParser:
 
         if operator not in ("==", "!="):
             self._fail(f"operator {operator} needs a date field, not {name!r}")
-        allowed = _ENUMS.get(name)
+        allowed = self._enums.get(name)
         if allowed is not None and raw.lower() not in allowed:
             self._fail(f"unknown {name} value {raw!r}")
         return raw

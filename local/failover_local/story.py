@@ -1,9 +1,10 @@
 """The scripted timeline of cloud failover sessions that the EM simulator plays.
 
 A ``Story`` holds sessions whose start and end are offsets in seconds from the story's
-start. ``Story.snapshot`` says what EM would report about each session at a given moment,
-so the simulator never keeps state of its own and a test can set ``started_at`` in the
-past to find sessions already in the state it needs.
+start, and the failover plans (each with its tenant) that those sessions run.
+``Story.snapshot`` says what EM would report about each session at a given moment, so the
+simulator never keeps state of its own and a test can set ``started_at`` in the past to
+find sessions already in the state it needs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ class ScriptedSession:
 
 
 @dataclass(frozen=True)
+class ScriptedPlan:
+    """A cloud failover plan and the tenant that owns it; plans do not change in a story."""
+
+    guid: str
+    name: str
+    tenant_name: str
+
+    @property
+    def tenant_id(self) -> str:
+        """The stable GUID the simulator gives the tenant called ``tenant_name``."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tenant:{self.tenant_name}"))
+
+
+@dataclass(frozen=True)
 class TaskState:
     """What EM reports about one VM of a session at one moment."""
 
@@ -92,10 +107,12 @@ class SessionState:
 
 @dataclass(frozen=True)
 class Story:
-    """Sessions placed on a timeline that starts at ``started_at`` (timezone-aware UTC)."""
+    """Sessions placed on a timeline that starts at ``started_at`` (timezone-aware UTC),
+    and the failover plans EM knows."""
 
     sessions: tuple[ScriptedSession, ...]
     started_at: datetime
+    plans: tuple[ScriptedPlan, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -213,7 +230,21 @@ def demo_story(started_at: datetime, pace: float = 1.0) -> Story:
             vms=(ScriptedVm("erp-vm-01"), ScriptedVm("erp-vm-02")),
         ),
     )
-    return Story(sessions=sessions, started_at=started_at)
+    return Story(sessions=sessions, started_at=started_at, plans=DEMO_PLANS)
+
+
+DEMO_PLANS = (
+    ScriptedPlan("6f0c1a2b-3d4e-4f50-8a61-7b8c9d0e1f21", "Contoso Failover Plan", "Contoso Ltd"),
+    ScriptedPlan("7a1d2b3c-4e5f-4061-9b72-8c9d0e1f2a32", "Fabrikam DR Plan", "Fabrikam Inc"),
+    ScriptedPlan(
+        "8b2e3c4d-5f60-4172-ac83-9d0e1f2a3b43", "Northwind Failover Plan", "Northwind Traders"
+    ),
+    ScriptedPlan("9c3f4d5e-6071-4283-bd94-0e1f2a3b4c54", "Tailspin Test Plan", "Tailspin Toys"),
+    ScriptedPlan(
+        "ad405e6f-7182-4394-cea5-1f2a3b4c5d65", "Woodgrove Failover Plan", "Woodgrove Bank"
+    ),
+)
+"""The demo story's plans, one tenant each."""
 
 
 def _session_state(origin: datetime, session: ScriptedSession, elapsed: float) -> SessionState:

@@ -26,7 +26,13 @@ EC2_IN_THIS_REGION = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}
 # the code needs a line here and a reason next to its statement in the template.
 EXPECTED_STATEMENTS: dict[str, tuple[set[str], list[Any]]] = {
     "ReadWriteSessionState": (
-        {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"},
+        {
+            "dynamodb:GetItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+        },
         [
             {"Fn::GetAtt": ["StateTable", "Arn"]},
             {"Fn::Sub": "${StateTable.Arn}/index/pending"},

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import botocore.client
 import pytest
+from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ClientError
 
 from failover_local.aws_local import LocalAws
@@ -46,13 +47,32 @@ class AwsFaults:
             if codes:
                 code = codes.pop(0)
                 self.injected[operation] += 1
-                if code == "FailedEntry":
-                    entries = [{"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}]
-                    return {"FailedEntryCount": 1, "Entries": entries}
+                if code == "FailFirstEntry":
+                    return self._fail_first_entry(original, client, operation, params)
                 raise ClientError({"Error": {"Code": code, "Message": "injected"}}, operation)
             return original(client, operation, params)
 
         return call
+
+    @staticmethod
+    def _fail_first_entry(
+        original: Callable[..., Any], client: Any, operation: str, params: dict[str, Any]
+    ) -> Any:
+        """Let AWS take every entry of a batch but the first, which fails on its own."""
+        field = "Entries" if operation == "PutEvents" else "PublishBatchRequestEntries"
+        first, rest = params[field][0], params[field][1:]
+        response = original(client, operation, {**params, field: rest}) if rest else {}
+        if operation == "PutEvents":
+            failed = {"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}
+            return {
+                "FailedEntryCount": 1,
+                "Entries": [failed, *response.get("Entries", [])],
+            }
+        failed = {"Id": first["Id"], "Code": "InternalError", "SenderFault": False}
+        return {
+            "Successful": response.get("Successful", []),
+            "Failed": [failed, *response.get("Failed", [])],
+        }
 
 
 @pytest.fixture
@@ -136,13 +156,17 @@ def test_em_fault_then_recovery_loses_and_duplicates_nothing(
 @pytest.mark.parametrize(
     ("operation", "code", "times"),
     [
-        ("Publish", "ThrottledException", 1),
-        ("Publish", "InternalError", 3),
+        ("PublishBatch", "ThrottledException", 1),
+        ("PublishBatch", "InternalError", 3),
+        ("PublishBatch", "FailFirstEntry", 1),
         ("PutEvents", "ThrottlingException", 2),
-        ("PutEvents", "FailedEntry", 1),
+        ("PutEvents", "FailFirstEntry", 1),
         ("PutItem", "ProvisionedThroughputExceededException", 2),
+        ("BatchGetItem", "InternalServerError", 1),
         ("GetItem", "InternalServerError", 1),
         ("UpdateItem", "ThrottlingException", 1),
+        ("Query", "InternalServerError", 1),
+        ("GetSecretValue", "InternalServiceError", 1),
     ],
 )
 def test_aws_fault_then_recovery_loses_and_duplicates_nothing(
@@ -150,9 +174,12 @@ def test_aws_fault_then_recovery_loses_and_duplicates_nothing(
 ) -> None:
     local = deploy()
 
-    received, _ = tell_story(
-        local, story_clock, {FAULT_AT: lambda: aws_faults.fail(operation, code, times)}
-    )
+    def inject() -> None:
+        aws_faults.fail(operation, code, times)
+        # The secret is cached across polls; a fault in reading it needs a fresh read.
+        parameters.clear_caches()
+
+    received, _ = tell_story(local, story_clock, {FAULT_AT: inject})
 
     assert aws_faults.injected[operation] == times
     assert_exactly_once(received)

@@ -334,11 +334,11 @@ def test_a_gone_session_is_reported_once(source, store, channels, clock) -> None
 class CrashingChannel(FakeChannel):
     """A channel whose invocation dies (a Lambda timeout) in the middle of a publish."""
 
-    def publish(self, notification) -> None:  # type: ignore[no-untyped-def]
+    def publish_batch(self, entries):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise TimeoutError("Task timed out after 60.00 seconds")
-        super().publish(notification)
+        return super().publish_batch(entries)
 
 
 def test_a_notification_claimed_by_a_dead_invocation_is_delivered_after_its_lease(

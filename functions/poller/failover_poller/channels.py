@@ -1,13 +1,16 @@
-"""Adapters that hand a notification to SNS (people) and EventBridge (systems).
+"""Adapters that hand notifications to SNS (people) and EventBridge (systems).
 
-Each channel either takes the notification or raises `PublishError` with AWS's error code;
-the service keeps the notification in the outbox until every channel has taken it.
+Both publish in batches of up to ten entries and 256 KB a call (`PublishBatch`,
+`PutEvents`). A channel reports, per entry, whether it took the notification; a failed
+call raises `PublishError` with AWS's error code. The service keeps what a channel did not
+take in the outbox until it does.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -16,6 +19,11 @@ from failover_poller.notifications import EVENT_SOURCE, Notification
 if TYPE_CHECKING:
     from mypy_boto3_events.client import EventBridgeClient
     from mypy_boto3_sns.client import SNSClient
+
+BATCH_ENTRIES = 10
+BATCH_BYTES = 256 * 1024
+# What a batch entry costs beyond its own body: IDs, attribute names, JSON punctuation.
+ENTRY_OVERHEAD = 1024
 
 
 class PublishError(Exception):
@@ -28,12 +36,41 @@ class PublishError(Exception):
 
 
 class Channel(Protocol):
-    """Somewhere a notification is delivered."""
+    """Somewhere notifications are delivered."""
 
     name: str
 
-    def publish(self, notification: Notification) -> None:
-        """Deliver the notification or raise `PublishError`."""
+    def publish_batch(self, entries: Sequence[tuple[str, Notification]]) -> dict[str, str]:
+        """Deliver `(id, notification)` entries; return the IDs not taken, with error codes."""
+
+
+def batches(
+    entries: Sequence[tuple[str, Notification]], size: Any
+) -> Iterator[list[tuple[str, Notification]]]:
+    """Split entries into calls of at most ten entries and 256 KB by `size(notification)`."""
+    batch: list[tuple[str, Notification]] = []
+    used = 0
+    for entry in entries:
+        cost = size(entry[1]) + ENTRY_OVERHEAD
+        if batch and (len(batch) == BATCH_ENTRIES or used + cost > BATCH_BYTES):
+            yield batch
+            batch, used = [], 0
+        batch.append(entry)
+        used += cost
+    if batch:
+        yield batch
+
+
+def sns_message(notification: Notification) -> tuple[str, str | None]:
+    """The SNS `Message` and `MessageStructure` for a notification: with per-protocol
+    variants, a JSON object of them, plus `sqs` (all variants as JSON) for queues.
+    """
+    if not notification.variants:
+        return notification.message, None
+    variants = dict(notification.variants)
+    variants.setdefault("default", notification.message)
+    structured = {**variants, "sqs": json.dumps(variants, ensure_ascii=False)}
+    return json.dumps(structured, ensure_ascii=False), "json"
 
 
 class SnsChannel:
@@ -45,24 +82,41 @@ class SnsChannel:
         self._topic_arn = topic_arn
         self._client = client
 
-    def publish(self, notification: Notification) -> None:
-        """Publish the subject, the body and the attributes to the topic."""
-        attributes = {
-            key: {"DataType": "String", "StringValue": value}
-            for key, value in notification.attributes.items()
-            if value
-        }
+    def publish_batch(self, entries: Sequence[tuple[str, Notification]]) -> dict[str, str]:
+        """Publish with `PublishBatch`, ten entries a call."""
+        failed: dict[str, str] = {}
+        for batch in batches(entries, lambda n: len(sns_message(n)[0].encode())):
+            failed |= self._publish(batch)
+        return failed
+
+    def _publish(self, batch: list[tuple[str, Notification]]) -> dict[str, str]:
+        request = []
+        for index, (_, notification) in enumerate(batch):
+            message, structure = sns_message(notification)
+            entry: dict[str, Any] = {
+                "Id": str(index),
+                "Subject": notification.subject,
+                "Message": message,
+                "MessageAttributes": {
+                    key: {"DataType": "String", "StringValue": value}
+                    for key, value in notification.attributes.items()
+                    if value
+                },
+            }
+            if structure:
+                entry["MessageStructure"] = structure
+            request.append(entry)
+
         try:
-            self._client.publish(
+            response = self._client.publish_batch(
                 TopicArn=self._topic_arn,
-                Subject=notification.subject,
-                Message=notification.message,
-                MessageAttributes=attributes,  # type: ignore[arg-type]
+                PublishBatchRequestEntries=request,  # type: ignore[arg-type]
             )
         except ClientError as error:
             raise PublishError(self.name, _code(error), _message(error)) from error
         except BotoCoreError as error:
             raise PublishError(self.name, type(error).__name__, str(error)) from error
+        return {batch[int(item["Id"])][0]: item["Code"] for item in response.get("Failed", [])}
 
 
 class EventBridgeChannel:
@@ -74,27 +128,44 @@ class EventBridgeChannel:
         self._bus_name = bus_name
         self._client = client
 
-    def publish(self, notification: Notification) -> None:
-        """Put one event; a failed entry counts as a failed publish."""
-        entry = {
-            "EventBusName": self._bus_name,
-            "Source": EVENT_SOURCE,
-            "DetailType": notification.detail_type,
-            "Detail": json.dumps(notification.detail, separators=(",", ":")),
-            "Resources": [],
-        }
+    def publish_batch(self, entries: Sequence[tuple[str, Notification]]) -> dict[str, str]:
+        """Put events, ten a call; a failed entry is a notification not taken."""
+        failed: dict[str, str] = {}
+        for batch in batches(entries, lambda n: len(_detail(n).encode())):
+            failed |= self._put(batch)
+        return failed
+
+    def _put(self, batch: list[tuple[str, Notification]]) -> dict[str, str]:
+        request = [
+            {
+                "EventBusName": self._bus_name,
+                "Source": EVENT_SOURCE,
+                "DetailType": notification.detail_type,
+                "Detail": _detail(notification),
+            }
+            for _, notification in batch
+        ]
         try:
-            response = self._client.put_events(Entries=[entry])  # type: ignore[list-item]
+            response = self._client.put_events(Entries=request)  # type: ignore[arg-type]
         except ClientError as error:
             raise PublishError(self.name, _code(error), _message(error)) from error
         except BotoCoreError as error:
             raise PublishError(self.name, type(error).__name__, str(error)) from error
 
-        if response.get("FailedEntryCount", 0):
-            failed = response["Entries"][0]
-            raise PublishError(
-                self.name, failed.get("ErrorCode", "FailedEntry"), failed.get("ErrorMessage", "")
-            )
+        if not response.get("FailedEntryCount", 0):
+            return {}
+        results = response.get("Entries", [])
+        if len(results) != len(batch):
+            return {outbox_id: "FailedEntry" for outbox_id, _ in batch}
+        return {
+            outbox_id: result.get("ErrorCode", "FailedEntry")
+            for (outbox_id, _), result in zip(batch, results, strict=True)
+            if "ErrorCode" in result
+        }
+
+
+def _detail(notification: Notification) -> str:
+    return json.dumps(notification.detail, separators=(",", ":"), ensure_ascii=False)
 
 
 def _code(error: ClientError) -> str:

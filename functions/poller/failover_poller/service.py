@@ -64,6 +64,15 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed notification on its way to `channels`; `outbox_id` is its item's key."""
+
+    outbox_id: str
+    notification: Notification
+    channels: frozenset[str]
+
+
 class SessionSource(Protocol):
     """Where sessions come from (EM, or a fake in tests)."""
 
@@ -228,11 +237,8 @@ class PollService:
 
         self._note_problems(fetched, report)
         cutoff = None if self._watched_ids else watcher.watching_since
-        for session in fetched.sessions:
-            if remaining_seconds() < SAFETY_MARGIN_SECONDS:
-                report.out_of_time = True
-                break
-            self._observe(session, cutoff, report)
+        claimed = self._observe_all(fetched.sessions, cutoff, report, remaining_seconds)
+        self._deliver(claimed, report)
 
         if watcher.unhealthy:
             self._change_health(report, watcher, unhealthy=False, now=self._clock())
@@ -332,9 +338,8 @@ class PollService:
                 "poller health changed",
                 extra={"em_host": self._em_host, "unhealthy": unhealthy},
             )
-            self._deliver(
-                f"{HEALTH_PREFIX}{notification.dedup_key}", notification, channels, report
-            )
+            outbox_id = f"{HEALTH_PREFIX}{notification.dedup_key}"
+            self._deliver([Delivery(outbox_id, notification, channels)], report)
 
     def _note_problems(self, fetched: Fetched, report: PollReport) -> None:
         report.sessions_seen = len(fetched.sessions)
@@ -369,37 +374,67 @@ class PollService:
                 extra={"em_host": self._em_host, "session_id": session_id},
             )
 
-    def _observe(
-        self, session: CloudFailoverSession, cutoff: datetime | None, report: PollReport
-    ) -> None:
+    def _observe_all(
+        self,
+        sessions: Sequence[CloudFailoverSession],
+        cutoff: datetime | None,
+        report: PollReport,
+        remaining_seconds: Callable[[], float],
+    ) -> list[Delivery]:
+        """Claim every change worth a write; return the notifications claimed."""
         try:
-            self._observe_one(session, cutoff, report)
+            stored = self._store.get_many(self._em_host, [session.id for session in sessions])
         except StateStoreError as error:
-            report.session_errors += 1
+            report.session_errors += len(sessions)
             logger.error(
-                "session skipped: state table unavailable",
-                extra={"em_host": self._em_host, "session_id": session.id, "error": str(error)},
+                "sessions skipped: state table unavailable",
+                extra={"em_host": self._em_host, "count": len(sessions), "error": str(error)},
             )
+            return []
 
-    def _observe_one(
-        self, session: CloudFailoverSession, cutoff: datetime | None, report: PollReport
-    ) -> None:
-        previous = self._store.get(self._em_host, session.id)
+        deliveries: list[Delivery] = []
+        for session in sessions:
+            if remaining_seconds() < SAFETY_MARGIN_SECONDS:
+                report.out_of_time = True
+                break
+            try:
+                delivery = self._observe(session, stored.get(session.id), cutoff, report)
+            except StateStoreError as error:
+                report.session_errors += 1
+                logger.error(
+                    "session skipped: state table unavailable",
+                    extra={
+                        "em_host": self._em_host,
+                        "session_id": session.id,
+                        "error": str(error),
+                    },
+                )
+                continue
+            if delivery is not None:
+                deliveries.append(delivery)
+        return deliveries
+
+    def _observe(
+        self,
+        session: CloudFailoverSession,
+        previous: StoredSession | None,
+        cutoff: datetime | None,
+        report: PollReport,
+    ) -> Delivery | None:
         digest = fingerprint(session)
         if previous is not None and previous.fingerprint == digest:
-            return
+            return None
 
-        now = self._clock()
         notification = (
             render(session, self._em_host) if is_news(previous, session, cutoff) else None
         )
-        channels = [channel.name for channel in self._channels]
+        channels = frozenset(channel.name for channel in self._channels)
         claimed = self._store.save(
             self._em_host,
             session.id,
             _state_attributes(session, digest),
             previous,
-            now=now,
+            now=self._clock(),
             notification=notification,
             channels=channels,
             lease=PUBLISH_LEASE,
@@ -410,57 +445,89 @@ class PollService:
                 "session change claimed by another invocation",
                 extra={"em_host": self._em_host, "session_id": session.id},
             )
-            return
+            return None
 
         report.sessions_changed += 1
-        if notification is not None:
-            report.notifications += 1
-            report.notified_sessions.append(session.id)
-            self._deliver(session.id, notification, frozenset(channels), report)
+        if notification is None:
+            return None
+        report.notifications += 1
+        report.notified_sessions.append(session.id)
+        return Delivery(session.id, notification, channels)
 
-    def _deliver(
-        self,
-        session_id: str,
-        notification: Notification,
-        channels: frozenset[str],
-        report: PollReport,
-    ) -> None:
-        remaining = set(channels)
+    def _deliver(self, deliveries: Sequence[Delivery], report: PollReport) -> None:
+        """Publish each channel's share in batches and record, as soon as a channel has
+        taken a notification, that it did, so that an invocation dying later never makes
+        a retry publish it twice there. What is left stays in the outbox for a later poll.
+        """
+        if not deliveries:
+            return
+
+        remaining = {delivery.outbox_id: set(delivery.channels) for delivery in deliveries}
         for channel in self._channels:
-            if channel.name not in channels:
+            batch = [d for d in deliveries if channel.name in d.channels]
+            if not batch:
                 continue
-            try:
-                channel.publish(notification)
-            except PublishError as error:
-                report.publish_failures += 1
-                logger.warning(
-                    "notification publish failed; it stays in the outbox",
-                    extra={
-                        "em_host": self._em_host,
-                        "session_id": session_id,
-                        "channel": channel.name,
-                        "error_code": error.code,
-                    },
-                )
-                continue
+            failed = self._publish(channel, batch, report)
+            for delivery in batch:
+                if delivery.outbox_id in failed:
+                    continue
+                if remaining[delivery.outbox_id] == set(delivery.channels):
+                    self._note_delay(delivery.notification, report)
+                remaining[delivery.outbox_id].discard(channel.name)
+                report.deliveries += 1
+                self._record(delivery, channel.name, frozenset(remaining[delivery.outbox_id]))
 
-            if len(remaining) == len(channels):
-                self._note_delay(notification, report)
-            remaining.discard(channel.name)
-            report.deliveries += 1
-            self._store.acknowledge(self._em_host, session_id, channel.name, frozenset(remaining))
-            logger.info(
-                "notification published",
+        for delivery in deliveries:
+            if remaining[delivery.outbox_id]:
+                self._record(delivery, None, frozenset(remaining[delivery.outbox_id]))
+
+    def _record(self, delivery: Delivery, channel: str | None, remaining: frozenset[str]) -> None:
+        """Acknowledge `channel`, or (with None) give the lease back for a retry."""
+        try:
+            if channel is None:
+                self._store.release_lease(self._em_host, delivery.outbox_id)
+            else:
+                self._store.acknowledge(
+                    self._em_host, delivery.outbox_id, frozenset({channel}), remaining
+                )
+        except StateStoreError as error:
+            logger.error(
+                "delivery not recorded; the outbox may publish it again",
                 extra={
                     "em_host": self._em_host,
-                    "session_id": session_id,
-                    "channel": channel.name,
-                    "outcome": notification.outcome,
+                    "session_id": delivery.outbox_id,
+                    "channel": channel,
+                    "error": str(error),
                 },
             )
 
-        if remaining:
-            self._store.release_lease(self._em_host, session_id)
+    def _publish(self, channel: Channel, batch: list[Delivery], report: PollReport) -> set[str]:
+        """Publish `batch` on `channel`; return the outbox IDs it did not take."""
+        try:
+            failures = channel.publish_batch([(d.outbox_id, d.notification) for d in batch])
+        except PublishError as error:
+            failures = {d.outbox_id: error.code for d in batch}
+
+        for outbox_id, code in failures.items():
+            report.publish_failures += 1
+            logger.warning(
+                "notification publish failed; it stays in the outbox",
+                extra={
+                    "em_host": self._em_host,
+                    "session_id": outbox_id,
+                    "channel": channel.name,
+                    "error_code": code,
+                },
+            )
+        logger.info(
+            "notifications published",
+            extra={
+                "em_host": self._em_host,
+                "channel": channel.name,
+                "count": len(batch) - len(failures),
+            },
+        )
+        return set(failures)
 
     def _note_delay(self, notification: Notification, report: PollReport) -> None:
         ended = notification.detail.get("endTimeUtc")
@@ -477,16 +544,15 @@ class PollService:
             logger.error("outbox unreadable", extra={"em_host": self._em_host, "error": str(error)})
             return
 
+        leased: list[Delivery] = []
         for item in waiting:
             if item.session_id in attempted or remaining_seconds() < SAFETY_MARGIN_SECONDS:
                 continue
             try:
-                if not self._store.take_lease(
+                if self._store.take_lease(
                     self._em_host, item.session_id, self._clock(), PUBLISH_LEASE
                 ):
-                    continue
-                report.retried += 1
-                self._deliver(item.session_id, item.notification, item.channels, report)
+                    leased.append(Delivery(item.session_id, item.notification, item.channels))
             except StateStoreError as error:
                 logger.error(
                     "outbox retry failed",
@@ -496,3 +562,5 @@ class PollService:
                         "error": str(error),
                     },
                 )
+        report.retried += len(leased)
+        self._deliver(leased, report)

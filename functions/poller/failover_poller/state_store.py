@@ -10,8 +10,9 @@ poller started watching that EM and when it last polled it.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ WATCHER_ID = "#watcher"
 HEALTH_PREFIX = "#health/"
 PENDING_INDEX = "pending"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+BATCH_GET_LIMIT = 100
+UNPROCESSED_ATTEMPTS = 6
 
 
 class StateStoreError(Exception):
@@ -273,15 +276,37 @@ class StateStore:
     def get(self, em_host: str, session_id: str) -> StoredSession | None:
         """The stored state of one session, read consistently, or None if never seen."""
         item = self._get_item(self._key(em_host, session_id))
-        if item is None:
-            return None
-        return StoredSession(
-            session_id=session_id,
-            version=int(item["Version"]["N"]),
-            fingerprint=item.get("Fingerprint", {}).get("S", ""),
-            terminal=item.get("Terminal", {}).get("BOOL", False),
-            notified="NotifiedAt" in item,
-        )
+        return None if item is None else _stored(item)
+
+    def get_many(self, em_host: str, session_ids: Sequence[str]) -> dict[str, StoredSession]:
+        """The stored states of many sessions, 100 keys a `BatchGetItem`, read consistently;
+        sessions never seen are absent from the result.
+        """
+        found: dict[str, StoredSession] = {}
+        unique = list(dict.fromkeys(session_ids))
+        for start in range(0, len(unique), BATCH_GET_LIMIT):
+            keys = [self._key(em_host, sid) for sid in unique[start : start + BATCH_GET_LIMIT]]
+            for item in self._batch_get(keys):
+                if not _expired(item):
+                    stored = _stored(item)
+                    found[stored.session_id] = stored
+        return found
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        items: list[dict[str, Any]] = []
+        for attempt in range(UNPROCESSED_ATTEMPTS):
+            try:
+                response = self._client.batch_get_item(RequestItems=request)
+            except (ClientError, BotoCoreError) as error:
+                raise _translate("BatchGetItem", error) from error
+            items += response.get("Responses", {}).get(self._table, [])
+            request = dict(response.get("UnprocessedKeys") or {})
+            if not request:
+                return items
+            # DynamoDB hands back keys it had no capacity for: wait a little, ask again.
+            time.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random() / 2))
+        raise StateStoreError("BatchGetItem", "UnprocessedKeys", "keys still unprocessed")
 
     def save(
         self,
@@ -328,13 +353,15 @@ class StateStore:
         )
 
     def acknowledge(
-        self, em_host: str, session_id: str, channel: str, remaining: frozenset[str]
+        self, em_host: str, session_id: str, channels: frozenset[str], remaining: frozenset[str]
     ) -> None:
-        """Record that `channel` took the notification; the last one empties the outbox."""
+        """Record that `channels` took the notification; with none `remaining`, empty the
+        outbox item. The caller keeps its lease on what remains.
+        """
         if remaining:
             update: dict[str, Any] = {
-                "UpdateExpression": "DELETE Pending :channel",
-                "ExpressionAttributeValues": {":channel": {"SS": [channel]}},
+                "UpdateExpression": "DELETE Pending :channels",
+                "ExpressionAttributeValues": {":channels": {"SS": sorted(channels)}},
             }
         else:
             update = {"UpdateExpression": "REMOVE Pending, PendingEmHost, LeaseUntil, Notification"}
@@ -445,6 +472,16 @@ class StateStore:
         except BotoCoreError as error:
             raise _translate(operation, error) from error
         return True
+
+
+def _stored(item: dict[str, Any]) -> StoredSession:
+    return StoredSession(
+        session_id=item["SessionId"]["S"],
+        version=int(item["Version"]["N"]),
+        fingerprint=item.get("Fingerprint", {}).get("S", ""),
+        terminal=item.get("Terminal", {}).get("BOOL", False),
+        notified="NotifiedAt" in item,
+    )
 
 
 def _optional_time(item: dict[str, Any], name: str) -> datetime | None:

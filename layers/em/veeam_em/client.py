@@ -41,6 +41,7 @@ from veeam_em.parser import (
 _logger = logging.getLogger(__name__)
 TOKEN_HEADER = "X-RestSvcSessionId"  # noqa: S105 (a header name, not a secret)
 SESSION_TYPE = "CloudFailoverSession"
+PLAN_TYPE = "CloudFailoverPlan"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # A Next chain longer than this is a broken EM (or proxy), not a busy one.
 MAX_QUERY_PAGES = 1000
@@ -199,7 +200,22 @@ class EmClient:
         self, filter_expression: str | None, page_size: int = 100
     ) -> Iterator[QueryResult]:
         """Yield each page of full sessions matching `filter_expression`, following `Next`."""
-        query = f"type={SESSION_TYPE}&format=Entities&sortAsc=CreationTime&pageSize={page_size}"
+        return self._query_pages(
+            f"type={SESSION_TYPE}&format=Entities&sortAsc=CreationTime",
+            filter_expression,
+            page_size,
+        )
+
+    def query_failover_plans(
+        self, page_size: int = 100, *, filter_expression: str | None = None
+    ) -> Iterator[QueryResult]:
+        """Yield each page of full failover plans (with their tenants), following `Next`."""
+        return self._query_pages(f"type={PLAN_TYPE}&format=Entities", filter_expression, page_size)
+
+    def _query_pages(
+        self, query: str, filter_expression: str | None, page_size: int
+    ) -> Iterator[QueryResult]:
+        query += f"&pageSize={page_size}"
         if filter_expression:
             query += f"&filter={quote(filter_expression, safe='')}"
         url: str | None = f"{self.base_url}/query?{query}&page=1"

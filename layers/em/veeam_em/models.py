@@ -16,6 +16,7 @@ RESULT_FAILED = "Failed"
 RESULT_NONE = "None"
 TERMINAL_RESULTS = (RESULT_SUCCESS, RESULT_WARNING, RESULT_FAILED)
 SESSION_UID_PREFIX = "urn:veeam:CloudFailoverSession:"
+PLAN_UID_PREFIX = "urn:veeam:CloudFailoverPlan:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,8 @@ class QueryResult:
     rejected: tuple[Exception, ...] = ()
     """Entities on the page that could not be parsed, each an `EmResponseError`; the rest
     of the page is still usable."""
+    plans: tuple[CloudFailoverPlan, ...] = ()
+    """Full failover plans, for `type=CloudFailoverPlan&format=Entities`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +141,22 @@ class Error:
     status_code: int | None
     status: str | None = None
     first_chance_exception_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloudFailoverPlan:
+    """A cloud failover plan and the tenant it belongs to, from the query service.
+
+    Sessions carry their plan's name only, and plan names are not unique across tenants.
+    """
+
+    uid: str
+    name: str
+    tenant_uid: str | None
+    tenant_name: str | None
+    href: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The bare GUID at the end of the `UID` URN."""
+        return self.uid.rsplit(":", 1)[-1]

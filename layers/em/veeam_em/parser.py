@@ -21,6 +21,7 @@ from defusedxml.ElementTree import fromstring
 from veeam_em.errors import EmResponseError
 from veeam_em.models import (
     SESSION_UID_PREFIX,
+    CloudFailoverPlan,
     CloudFailoverSession,
     CloudFailoverTask,
     EntityRef,
@@ -333,14 +334,35 @@ def parse_query_result(body: bytes, source: str) -> QueryResult:
     refs_element = _child(root, "Refs")
     ref_elements = [] if refs_element is None else refs_element.findall(_tag("Ref"))
 
+    plan_wrapper = None if entities is None else _child(entities, "CloudFailoverPlans")
+    plan_elements = [] if plan_wrapper is None else plan_wrapper.findall(_tag("CloudFailoverPlan"))
+
     sessions, bad_sessions = _each(session_elements, lambda e: session_from_element(e, source))
+    plans, bad_plans = _each(plan_elements, lambda e: plan_from_element(e, source))
     refs, bad_refs = _each(ref_elements, lambda e: _ref(e, source))
     return QueryResult(
         sessions=sessions,
         refs=refs,
         paging=_paging(root, source),
-        rejected=bad_sessions + bad_refs,
+        rejected=bad_sessions + bad_plans + bad_refs,
+        plans=plans,
     )
+
+
+def plan_from_element(element: Element, source: str) -> CloudFailoverPlan:
+    """Build a plan from a `<CloudFailoverPlan>` element; the tenant may be missing."""
+    return CloudFailoverPlan(
+        uid=_required_attribute(element, "UID", source),
+        name=_required_attribute(element, "Name", source),
+        tenant_uid=_text(element, "TenantUid"),
+        tenant_name=_text(element, "TenantName"),
+        href=element.get("Href"),
+    )
+
+
+def parse_failover_plans(body: bytes, source: str) -> QueryResult:
+    """Parse a page of `GET /query?type=CloudFailoverPlan&format=Entities`."""
+    return parse_query_result(body, source)
 
 
 def parse_error(body: bytes, source: str) -> Error:
