@@ -59,8 +59,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
+        handler.configuration.cache_clear()
         handler.poll_service.cache_clear()
         yield
+    handler.configuration.cache_clear()
     handler.poll_service.cache_clear()
 
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 
+from failover_local.em_simulator import EmSimulator, FaultResponse, error_xml
+from failover_local.run import LambdaContext
+from failover_local.story import demo_story
 from failover_local.tls import make_test_pki
-from tests.integration.conftest import FINISHING, OLD_SESSION, STILL_RUNNING, poll
+from failover_poller import handler
+from tests.integration.conftest import (
+    FINISHING,
+    OLD_SESSION,
+    SCHEDULED_EVENT,
+    STILL_RUNNING,
+    poll,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +95,37 @@ def test_state_is_kept_per_session_and_not_rewritten_when_nothing_changed(
     assert {item["SessionId"]["S"]: item.get("Version", {}).get("N") for item in second} == versions
     assert set(versions) >= {*FINISHING, STILL_RUNNING, "#watcher"}
     assert all("Pending" not in item for item in second)
+
+
+def test_two_ems_are_polled_independently_one_invocation_each(
+    monkeypatch, deploy, simulator, pki, story_clock
+) -> None:
+
+    local = deploy()
+    with EmSimulator(demo_story(story_clock.now), pki, clock=story_clock) as second:
+        targets = [
+            {
+                "url": second.url,
+                "secretArn": local.environment["EM_SECRET_ARN"],
+                "caBundle": pki.ca_bundle.read_text(),
+            }
+        ]
+        monkeypatch.setenv("EM_TARGETS", json.dumps(targets))
+        second.inject("logon", FaultResponse(503, error_xml(503, "Down")), times=20)
+        story_clock.advance(seconds=30)
+
+        first_host, second_host = urlsplit(simulator.url).netloc, urlsplit(second.url).netloc
+        first_report = handler.lambda_handler(
+            {**SCHEDULED_EVENT, "emHost": first_host}, LambdaContext(timeout_seconds=60)
+        )
+        second_report = handler.lambda_handler(
+            {**SCHEDULED_EVENT, "emHost": second_host}, LambdaContext(timeout_seconds=60)
+        )
+
+    received = list(local.received())
+    assert first_report["ok"] and first_report["em_host"] == first_host
+    assert not second_report["ok"] and second_report["em_host"] == second_host
+    assert {line["attributes"]["em_host"] for line in received if line["channel"] == "sns"} == {
+        first_host
+    }
+    assert len(received) == 2 * len(FINISHING)

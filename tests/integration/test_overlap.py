@@ -12,6 +12,7 @@ from moto import mock_aws
 from failover_local.aws_local import Template, provision
 from failover_local.em_simulator import DEMO_PASSWORD, EmSimulator
 from failover_local.tls import TestPki
+from failover_poller.config import Config
 from failover_poller.runtime import build_service
 from tests.fakes import FakeClock
 from tests.integration.conftest import FINISHING, REPOSITORY
@@ -39,7 +40,8 @@ def test_concurrent_polls_deliver_each_transition_exactly_once(
         )
         environment = {**os.environ, **local.environment}
         # Each invocation is its own container: its own service, clients and EM logon.
-        services = [build_service(environment) for _ in range(invocations)]
+        config = Config.from_environ(environment)
+        services = [build_service(config, config.targets[0]) for _ in range(invocations)]
         received = []
 
         with ThreadPoolExecutor(max_workers=invocations) as pool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 from veeam_em.client import Timeouts, normalize_base_url
 
@@ -23,13 +26,25 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class EmTarget:
+    """One EM to watch, with its own credentials secret and CA bundle."""
+
+    url: str
+    secret_arn: str
+    ca_bundle: str | None
+    watched_session_ids: tuple[str, ...]
+
+    @property
+    def host(self) -> str:
+        """`host:port`, the EM's name in state, notifications and logs."""
+        return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the poller needs to know, validated."""
 
-    em_url: str
-    em_secret_arn: str
-    em_ca_bundle: str | None
-    watched_session_ids: tuple[str, ...]
+    targets: tuple[EmTarget, ...]
     state_table_name: str
     topic_arn: str
     event_bus_name: str
@@ -41,15 +56,23 @@ class Config:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Config:
-        """Read and check every variable; raise `ConfigError` naming the first bad one."""
+        """Read and check every variable; raise `ConfigError` naming the first bad one.
+
+        `EM_URL`, `EM_SECRET_ARN`, `EM_CA_BUNDLE` and `EM_SESSION_IDS` name the first EM;
+        `EM_TARGETS`, a JSON list of `{"url", "secretArn", "caBundle", "sessionIds"}`,
+        adds more.
+        """
         reader = _Reader(environ)
+        first = EmTarget(
+            url=reader.em_url("EM_URL", reader.required("EM_URL")),
+            secret_arn=reader.arn("EM_SECRET_ARN", reader.required("EM_SECRET_ARN")),
+            ca_bundle=reader.ca_bundle("EM_CA_BUNDLE", reader.optional("EM_CA_BUNDLE")),
+            watched_session_ids=reader.guids("EM_SESSION_IDS", reader.optional("EM_SESSION_IDS")),
+        )
         return cls(
-            em_url=reader.em_url("EM_URL"),
-            em_secret_arn=reader.arn("EM_SECRET_ARN"),
-            em_ca_bundle=reader.ca_bundle("EM_CA_BUNDLE"),
-            watched_session_ids=reader.guids("EM_SESSION_IDS"),
+            targets=reader.unique((first, *reader.targets("EM_TARGETS"))),
             state_table_name=reader.required("STATE_TABLE_NAME"),
-            topic_arn=reader.arn("TOPIC_ARN"),
+            topic_arn=reader.arn("TOPIC_ARN", reader.required("TOPIC_ARN")),
             event_bus_name=reader.required("EVENT_BUS_NAME"),
             first_sight_lookback=timedelta(
                 minutes=reader.number("FIRST_SIGHT_LOOKBACK_MINUTES", 15, 0, 60 * 24 * 30)
@@ -62,6 +85,15 @@ class Config:
             ),
             unhealthy_after_polls=int(reader.number("UNHEALTHY_AFTER_POLLS", 3, 1, 1440)),
         )
+
+    def target(self, em_host: str | None) -> EmTarget:
+        """The EM named by `em_host` (the first one for None)."""
+        if em_host is None:
+            return self.targets[0]
+        for target in self.targets:
+            if target.host == em_host:
+                return target
+        raise ConfigError("EM_TARGETS", f"has no EM {em_host!r}")
 
 
 class _Reader:
@@ -78,20 +110,21 @@ class _Reader:
             raise ConfigError(name, "is required but not set")
         return value
 
-    def arn(self, name: str) -> str:
-        value = self.required(name)
+    @staticmethod
+    def arn(name: str, value: str) -> str:
         if not _ARN.fullmatch(value):
             raise ConfigError(name, f"must be an ARN, got {value[:80]!r}")
         return value
 
-    def em_url(self, name: str) -> str:
+    @staticmethod
+    def em_url(name: str, value: str) -> str:
         try:
-            return normalize_base_url(self.required(name))
+            return normalize_base_url(value)
         except ValueError as error:
             raise ConfigError(name, str(error)) from error
 
-    def ca_bundle(self, name: str) -> str | None:
-        value = self.optional(name)
+    @staticmethod
+    def ca_bundle(name: str, value: str | None) -> str | None:
         if value is None:
             return None
         if "-----BEGIN" in value:
@@ -102,15 +135,60 @@ class _Reader:
             raise ConfigError(name, "must be PEM text or the path of a PEM file")
         return value
 
-    def guids(self, name: str) -> tuple[str, ...]:
-        text = self.optional(name) or ""
+    @staticmethod
+    def guids(name: str, value: str | None) -> tuple[str, ...]:
         ids: list[str] = []
-        for item in filter(None, (part.strip() for part in re.split(r"[,\s]+", text))):
+        for item in filter(None, (part.strip() for part in re.split(r"[,\s]+", value or ""))):
             try:
                 ids.append(str(uuid.UUID(item)))
             except ValueError as error:
                 raise ConfigError(name, f"holds {item[:60]!r}, not a session GUID") from error
         return tuple(dict.fromkeys(ids))
+
+    def targets(self, name: str) -> tuple[EmTarget, ...]:
+        text = self.optional(name)
+        if text is None:
+            return ()
+        try:
+            entries: Any = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(name, f"must be a JSON list: {error.msg}") from error
+        if not isinstance(entries, list):
+            raise ConfigError(name, "must be a JSON list of EMs")
+        return tuple(self._target(f"{name}[{index}]", entry) for index, entry in enumerate(entries))
+
+    def _target(self, name: str, entry: Any) -> EmTarget:
+        if not isinstance(entry, dict):
+            raise ConfigError(name, "must be an object with url and secretArn")
+        unknown = set(entry) - {"url", "secretArn", "caBundle", "sessionIds"}
+        if unknown:
+            raise ConfigError(name, f"has unknown keys {sorted(unknown)}")
+
+        def text(key: str) -> str | None:
+            value = entry.get(key)
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}.{key}", "must be a string")
+            return value.strip() or None if value else None
+
+        url, secret = text("url"), text("secretArn")
+        if url is None or secret is None:
+            raise ConfigError(name, "needs both url and secretArn")
+        return EmTarget(
+            url=self.em_url(f"{name}.url", url),
+            secret_arn=self.arn(f"{name}.secretArn", secret),
+            ca_bundle=self.ca_bundle(f"{name}.caBundle", text("caBundle")),
+            watched_session_ids=self.guids(f"{name}.sessionIds", text("sessionIds")),
+        )
+
+    @staticmethod
+    def unique(targets: tuple[EmTarget, ...]) -> tuple[EmTarget, ...]:
+        hosts = [target.host for target in targets]
+        for host in hosts:
+            if hosts.count(host) > 1:
+                raise ConfigError("EM_TARGETS", f"names EM {host} twice")
+        return targets
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         text = self.optional(name)

@@ -10,7 +10,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from failover_poller.runtime import build_service
+from failover_poller.config import Config
+from failover_poller.runtime import build_service, fan_out
 from failover_poller.service import PollReport, PollService
 
 logger = Logger()
@@ -18,9 +19,16 @@ metrics = Metrics()
 
 
 @cache
-def poll_service() -> PollService:
-    """The service, built once per container from the environment (fails fast if invalid)."""
-    return build_service(os.environ)
+def configuration() -> Config:
+    """The configuration, read once per container (fails fast if invalid)."""
+    return Config.from_environ(os.environ)
+
+
+@cache
+def poll_service(em_host: str | None) -> PollService:
+    """The service for one EM, built once per container and EM."""
+    config = configuration()
+    return build_service(config, config.target(em_host))
 
 
 def record_metrics(report: PollReport) -> None:
@@ -40,8 +48,21 @@ def record_metrics(report: PollReport) -> None:
 @metrics.log_metrics(raise_on_empty_metrics=False)
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Poll EM once; EM faults are reported in the result and the metrics, not raised."""
-    report = poll_service().poll(lambda: context.get_remaining_time_in_millis() / 1000)
+    """Poll EM once; EM faults are reported in the result and the metrics, not raised.
+
+    With several EMs configured, the scheduled event fans out into one invocation per EM
+    (an event `{"emHost": "host:port"}`), each polling its EM on its own.
+    """
+    em_host = event.get("emHost")
+    if em_host is None and len(configuration().targets) > 1:
+        outcome = fan_out(configuration(), context.invoked_function_arn)
+        logger.info("poll fanned out", extra={"targets": outcome})
+        metrics.add_metric(
+            "FanOutFailures", MetricUnit.Count, sum(v != "queued" for v in outcome.values())
+        )
+        return {"fanned_out": outcome}
+
+    report = poll_service(em_host).poll(lambda: context.get_remaining_time_in_millis() / 1000)
 
     record_metrics(report)
     logger.info("poll finished", extra=report.as_dict())

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
-from urllib.parse import urlsplit
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config as BotocoreConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
 from failover_poller.channels import EventBridgeChannel, SnsChannel
-from failover_poller.config import Config
+from failover_poller.config import Config, EmTarget
 from failover_poller.em_source import Credentials, CredentialsError, EmSessionSource
 from failover_poller.service import PollService
 from failover_poller.state_store import StateStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda.client import LambdaClient
 
 SECRET_CACHE_SECONDS = 300
 # botocore's standard retry mode: bounded attempts with backoff and jitter on throttles.
@@ -53,14 +57,13 @@ def secret_credentials(secret_arn: str) -> Callable[[bool], Credentials]:
     return read
 
 
-def build_service(environ: Mapping[str, str]) -> PollService:
-    """Validate the configuration and connect every adapter."""
-    config = Config.from_environ(environ)
+def build_service(config: Config, target: EmTarget) -> PollService:
+    """Connect every adapter for polling one EM."""
     session = boto3.session.Session()
     source = EmSessionSource(
-        config.em_url,
-        secret_credentials(config.em_secret_arn),
-        ca_bundle=config.em_ca_bundle,
+        target.url,
+        secret_credentials(target.secret_arn),
+        ca_bundle=target.ca_bundle,
         timeouts=config.em_timeouts,
         page_size=config.page_size,
     )
@@ -79,8 +82,31 @@ def build_service(environ: Mapping[str, str]) -> PollService:
         source,
         store,
         channels,
-        em_host=urlsplit(config.em_url).netloc,
-        watched_ids=config.watched_session_ids,
+        em_host=target.host,
+        watched_ids=target.watched_session_ids,
         first_sight_lookback=config.first_sight_lookback,
         unhealthy_after_polls=config.unhealthy_after_polls,
     )
+
+
+def fan_out(
+    config: Config, function_arn: str, client: LambdaClient | None = None
+) -> dict[str, str]:
+    """Invoke this function once per EM, asynchronously, so that one slow or broken EM
+    never delays another. Returns each EM host with `queued` or AWS's error code.
+    """
+    client = client or boto3.session.Session().client("lambda", config=AWS_CLIENT_CONFIG)
+    outcome: dict[str, str] = {}
+    for target in config.targets:
+        try:
+            client.invoke(
+                FunctionName=function_arn,
+                InvocationType="Event",
+                Payload=json.dumps({"emHost": target.host}).encode(),
+            )
+            outcome[target.host] = "queued"
+        except ClientError as error:
+            outcome[target.host] = str(error.response.get("Error", {}).get("Code", "Unknown"))
+        except BotoCoreError as error:
+            outcome[target.host] = type(error).__name__
+    return outcome
