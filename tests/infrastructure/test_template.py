@@ -223,6 +223,7 @@ def test_function_environment_is_what_the_code_reads(
         "EM_SECRET_ARN": {"Ref": "EmSecretArn"},
         "EM_CA_BUNDLE": {"Fn::If": ["HasCaBundle", {"Ref": "EmCaBundle"}, NO_VALUE]},
         "EM_SESSION_IDS": {"Ref": "EmSessionIds"},
+        "EM_TARGETS": {"Fn::If": ["HasMoreEms", {"Ref": "EmTargets"}, NO_VALUE]},
         "FIRST_SIGHT_LOOKBACK_MINUTES": {"Ref": "FirstSightLookbackMinutes"},
         "STATE_TTL_DAYS": {"Ref": "StateTtlDays"},
         "STATE_TABLE_NAME": {"Ref": "StateTable"},
@@ -480,3 +481,28 @@ def test_samconfig_asks_only_what_a_user_must_decide() -> None:
     assert deploy["resolve_s3"] is True
     assert "region" not in deploy
     assert "parameter_overrides" not in deploy
+
+
+def test_several_ems_fan_out_with_permissions_only_for_that(
+    resources: dict[str, Any], function: dict[str, Any]
+) -> None:
+    policy = resources["FanOutPolicy"]
+
+    assert policy["Condition"] == "HasMoreEms"
+    assert policy["Properties"]["RoleName"] == {"Ref": "PollerRole"}
+    grants = {
+        statement["Sid"]: (statement["Action"], statement["Resource"])
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    }
+    assert grants == {
+        "InvokeOncePerEm": ("lambda:InvokeFunction", {"Fn::GetAtt": ["PollerFunction", "Arn"]}),
+        "ReadMoreEmCredentials": (
+            "secretsmanager:GetSecretValue",
+            {
+                "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:"
+                "${AWS::AccountId}:secret:${AWS::StackName}/em/*"
+            },
+        ),
+    }
+    variables = function["Environment"]["Variables"]
+    assert variables["EM_TARGETS"] == {"Fn::If": ["HasMoreEms", {"Ref": "EmTargets"}, NO_VALUE]}
