@@ -224,6 +224,7 @@ def test_function_environment_is_what_the_code_reads(
         "EM_CA_BUNDLE": {"Fn::If": ["HasCaBundle", {"Ref": "EmCaBundle"}, NO_VALUE]},
         "EM_SESSION_IDS": {"Ref": "EmSessionIds"},
         "EM_TARGETS": {"Fn::If": ["HasMoreEms", {"Ref": "EmTargets"}, NO_VALUE]},
+        "UNHEALTHY_AFTER_POLLS": {"Ref": "UnhealthyAfterPolls"},
         "FIRST_SIGHT_LOOKBACK_MINUTES": {"Ref": "FirstSightLookbackMinutes"},
         "STATE_TTL_DAYS": {"Ref": "StateTtlDays"},
         "STATE_TABLE_NAME": {"Ref": "StateTable"},
