@@ -47,5 +47,8 @@ typecheck: $(STAMP)
 cfn-lint: $(STAMP)
 	@$(VENV)/bin/cfn-lint template.yaml
 
+bench: $(STAMP)
+	@$(VENV_PY) -m failover_local.bench $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam
