@@ -112,6 +112,16 @@ class FakeStateStore:
         )
         return self.watchers[em_host]
 
+    def mark_outbox(self, em_host: str, now: datetime) -> datetime:
+        watcher = self.watchers[em_host]
+        mark = watcher.outbox_since or now
+        self.watchers[em_host] = replace(watcher, outbox_since=mark)
+        return mark
+
+    def clear_outbox_mark(self, em_host: str, seen: datetime) -> None:
+        if self.watchers[em_host].outbox_since == seen:
+            self.watchers[em_host] = replace(self.watchers[em_host], outbox_since=None)
+
     def back_off(self, em_host: str, until: datetime | None) -> None:
         self.watchers[em_host] = replace(self.watchers[em_host], next_attempt_at=until)
 
@@ -128,7 +138,9 @@ class FakeStateStore:
         watcher = self.watchers[em_host]
         if watcher.unhealthy == unhealthy:
             return False
-        self.watchers[em_host] = replace(watcher, unhealthy=unhealthy)
+        self.watchers[em_host] = replace(
+            watcher, unhealthy=unhealthy, outbox_since=watcher.outbox_since or now
+        )
         self.items[(em_host, f"#health/{notification.dedup_key}")] = _Item(
             1, "", False, True, notification, set(channels), now + lease
         )

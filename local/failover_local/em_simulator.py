@@ -518,6 +518,7 @@ class _EmRequestHandler(BaseHTTPRequestHandler):
         "session": frozenset({"GET"}),
         "refs": frozenset({"GET"}),
         "query": frozenset({"GET"}),
+        "plans": frozenset({"GET"}),
     }
 
     def version_string(self) -> str:

@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from failover_local.aws_local import LocalAws
 from failover_local.em_simulator import EmSimulator, FaultResponse, error_xml
+from failover_poller import handler
 from tests.fakes import FakeClock
 from tests.integration.conftest import FINISHING, poll, session_of
 
@@ -176,8 +177,9 @@ def test_aws_fault_then_recovery_loses_and_duplicates_nothing(
 
     def inject() -> None:
         aws_faults.fail(operation, code, times)
-        # The secret is cached across polls; a fault in reading it needs a fresh read.
+        # The fault meets a new container: nothing cached (secret, watcher record) hides it.
         parameters.clear_caches()
+        handler.poll_service.cache_clear()
 
     received, _ = tell_story(local, story_clock, {FAULT_AT: inject})
 

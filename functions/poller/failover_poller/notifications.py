@@ -110,14 +110,6 @@ class Notification:
         """Read back what `to_json` wrote."""
         return cls(**json.loads(text))
 
-    def sns_message(self) -> str:
-        """The `Message` to publish with `MessageStructure=json`: a body per protocol, and
-        under `sqs` the JSON of all the bodies, for queues that hand them on.
-        """
-        if self.variants is None:
-            return _json({"default": self.message})
-        return _json({**self.variants, "sqs": _json(self.variants)})
-
 
 # --- Untrusted text ----------------------------------------------------------------------
 
@@ -429,7 +421,9 @@ def _email(facts: _Facts, tasks: tuple[CloudFailoverTask, ...]) -> str:
 
 
 def _default_body(facts: _Facts, tasks: tuple[CloudFailoverTask, ...]) -> str:
-    lines = [facts.headline, *facts.explanation]
+    lines = [facts.headline, ""]
+    if facts.explanation:
+        lines += [*facts.explanation, ""]
     lines += [_field(label, value) for label, value in facts.fields]
     problems = [task for task in _table_order(tasks)[0] if task.result != "None"]
     if problems:
@@ -485,22 +479,31 @@ def _attributes(
     session: CloudFailoverSession | None = None,
     tenant: TenantInfo | None = None,
 ) -> dict[str, str]:
-    """The message attributes subscription filter policies match on; never an empty value
-    (SNS refuses those), and never more than SNS's 10."""
-    counts = _vm_counts(session) if session is not None else {"failed": 0}
-    values = {
-        "event_type": event_type,
-        "result": session.result if session is not None else ABSENT,
-        "plan_name": session.plan_name if session is not None else ABSENT,
-        "tenant_name": _tenant_attribute(tenant) if session is not None and tenant else ABSENT,
-        "em_host": em_host,
-        "backup_server": (session.backup_server_name if session is not None else None) or ABSENT,
-        "any_vm_failed": "true" if counts["failed"] else "false",
-        "session_id": session.id if session is not None else ABSENT,
-        "dedup_key": key,
-        "muted": "true" if muted else "false",
-    }
+    """The message attributes subscription filter policies match on, at most SNS's 10.
+
+    Every alert has `event_type`, `em_host`, `dedup_key` and `muted`; an alert about a
+    session also has `result`, `plan_name`, `tenant_name`, `backup_server`, `any_vm_failed`
+    and `session_id`. A value is never empty (SNS refuses those): what EM did not give is
+    "-", a tenant not pinned down is "unknown" or "ambiguous".
+    """
+    values = {"event_type": event_type, "em_host": em_host}
+    if session is not None:
+        values |= {
+            "result": session.result,
+            "plan_name": session.plan_name,
+            "tenant_name": _tenant_attribute(tenant or TenantInfo.unknown()),
+            "backup_server": session.backup_server_name or ABSENT,
+            "any_vm_failed": "true" if _vm_counts(session)["failed"] else "false",
+            "session_id": session.id,
+        }
+    values |= {"dedup_key": key, "muted": "true" if muted else "false"}
     return {name: clean(value) or ABSENT for name, value in values.items()}
+
+
+def _detail_bytes(value: Any) -> int:
+    """The size of `value` in the event, counted as ASCII-escaped JSON: never less than its
+    UTF-8 form, so the budget holds however the channel encodes it."""
+    return len(json.dumps(value, separators=(",", ":")))
 
 
 def _bounded(value: str | None, limit: int = NAME_LIMIT) -> str | None:
@@ -525,7 +528,7 @@ def _tasks_detail(
     """Per-VM tasks in EM's order; when they do not all fit in `budget` bytes, the failed and
     warning ones are kept first, and the count of those left out is returned beside."""
     rendered = [_task_detail(task) for task in tasks]
-    sizes = [len(_json(item).encode()) + 1 for item in rendered]
+    sizes = [_detail_bytes(item) + 1 for item in rendered]
     if sum(sizes) <= budget:
         return rendered, 0
 
@@ -583,7 +586,7 @@ def _session_detail(
         "vmCounts": _vm_counts(session),
         **(extra or {}),
     }
-    room = DETAIL_BUDGET - len(_json(detail).encode())
+    room = DETAIL_BUDGET - _detail_bytes(detail)
     detail["tasks"], detail["tasksOmitted"] = _tasks_detail(session.tasks, room)
     return detail
 

@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 SECRET_CACHE_SECONDS = 300
 # botocore's standard retry mode: bounded attempts with backoff and jitter on throttles.
 AWS_CLIENT_CONFIG = BotocoreConfig(
-    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=3,
+    read_timeout=10,
+    max_pool_connections=32,
 )
 
 

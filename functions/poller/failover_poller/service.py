@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -42,6 +43,12 @@ DISCOVERY_OVERLAP = timedelta(minutes=5)
 # How long an invocation owns a notification it is publishing before another may retry it.
 PUBLISH_LEASE = timedelta(minutes=2)
 RETRIES_PER_POLL = 50
+# A container trusts the watcher record it last read or wrote for this long, so that a
+# quiet poll reads nothing but the sessions' states; and it records a successful poll
+# at most this often, so that a quiet poll writes nothing.
+WATCHER_REFRESH = timedelta(minutes=5)
+# DynamoDB writes (claims, acknowledgements) in flight at once.
+WRITE_CONCURRENCY = 16
 # Stop starting new work when the invocation has less than this left.
 SAFETY_MARGIN_SECONDS = 5.0
 # After this many refused logons in a row, wait before the next (5, 10, 20, 40, 60 minutes).
@@ -62,6 +69,16 @@ def logon_back_off(refusals: int) -> timedelta | None:
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A session whose state differs from the stored one, and what it means."""
+
+    session: CloudFailoverSession
+    previous: StoredSession | None
+    digest: str
+    notification: Notification | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,7 @@ class PollReport:
     unhealthy: bool = False
     notified_sessions: list[str] = field(default_factory=list)
     notification_delays: list[float] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
 
     def fail(self, failure: str, error: Exception) -> None:
         """Mark the whole poll as failed."""
@@ -204,6 +222,8 @@ class PollService:
         self._lookback = first_sight_lookback
         self._unhealthy_after = unhealthy_after_polls
         self._clock = clock
+        self._watcher: Watcher | None = None
+        self._watcher_read_at: datetime | None = None
 
     def poll(self, remaining_seconds: Callable[[], float] = lambda: float("inf")) -> PollReport:
         """Run one poll; EM and AWS faults end up in the report, not raised."""
@@ -218,9 +238,43 @@ class PollService:
             )
         return report
 
+    def _current_watcher(self, now: datetime) -> Watcher:
+        """The watcher record: as this container last knew it while all is well and that
+        is recent, read afresh otherwise (another container may have polled or failed)."""
+        cached, read_at = self._watcher, self._watcher_read_at
+        healthy = cached is not None and not (
+            cached.consecutive_failures or cached.unhealthy or cached.next_attempt_at
+        )
+        if (
+            cached is not None
+            and read_at is not None
+            and healthy
+            and now - read_at < WATCHER_REFRESH
+        ):
+            return cached
+        return self._remember(self._store.watcher(self._em_host, now, self._lookback), now)
+
+    def _remember(self, watcher: Watcher, now: datetime) -> Watcher:
+        self._watcher, self._watcher_read_at = watcher, now
+        return watcher
+
+    def _poll_succeeded(self, watcher: Watcher, started: datetime) -> None:
+        stale = watcher.last_poll_at is None or started - watcher.last_poll_at >= WATCHER_REFRESH
+        if not (stale or watcher.consecutive_failures or watcher.next_attempt_at):
+            return
+        self._store.record_poll(self._em_host, started)
+        self._watcher = replace(
+            self._watcher or watcher,
+            last_poll_at=started,
+            consecutive_failures=0,
+            auth_failures=0,
+            next_attempt_at=None,
+            failing_since=None,
+        )
+
     def _poll(self, report: PollReport, remaining_seconds: Callable[[], float]) -> None:
         started = self._clock()
-        watcher = self._store.watcher(self._em_host, started, self._lookback)
+        watcher = self._current_watcher(started)
 
         if watcher.next_attempt_at is not None and started < watcher.next_attempt_at:
             self._back_off(report, watcher, started)
@@ -251,18 +305,21 @@ class PollService:
                 extra={"em_host": self._em_host, "session_errors": report.session_errors},
             )
         else:
-            self._store.record_poll(self._em_host, started)
+            self._poll_succeeded(watcher, started)
 
     def _poll_failed(self, report: PollReport, error: EmError, now: datetime) -> None:
         report.fail(failure_kind(error), error)
         refused = isinstance(error, EmAuthenticationError)
-        watcher = self._store.record_failure(
-            self._em_host, report.failure or "em", authentication=refused, now=now
+        watcher = self._remember(
+            self._store.record_failure(
+                self._em_host, report.failure or "em", authentication=refused, now=now
+            ),
+            now,
         )
 
         pause = logon_back_off(watcher.auth_failures) if refused else None
         if pause is not None:
-            watcher = replace(watcher, next_attempt_at=now + pause)
+            watcher = self._remember(replace(watcher, next_attempt_at=now + pause), now)
             self._store.back_off(self._em_host, watcher.next_attempt_at)
         report.next_attempt_at = _iso(watcher.next_attempt_at)
         logger.error(
@@ -287,8 +344,11 @@ class PollService:
         report.fail("authentication", error)
         report.backing_off = True
         report.next_attempt_at = next_attempt
-        watcher = self._store.record_failure(
-            self._em_host, "authentication", authentication=None, now=now
+        watcher = self._remember(
+            self._store.record_failure(
+                self._em_host, "authentication", authentication=None, now=now
+            ),
+            now,
         )
         logger.warning(
             "EM logon paused after repeated authentication failures",
@@ -333,6 +393,10 @@ class PollService:
             return
 
         report.unhealthy = unhealthy if claimed else report.unhealthy
+        if self._watcher is not None:
+            self._watcher = replace(
+                self._watcher, unhealthy=unhealthy, outbox_since=self._watcher.outbox_since or now
+            )
         if claimed:
             logger.warning(
                 "poller health changed",
@@ -392,67 +456,99 @@ class PollService:
             )
             return []
 
-        deliveries: list[Delivery] = []
+        changes: list[Change] = []
         for session in sessions:
             if remaining_seconds() < SAFETY_MARGIN_SECONDS:
                 report.out_of_time = True
                 break
+            change = self._change(session, stored.get(session.id), cutoff)
+            if change is not None:
+                changes.append(change)
+        if not changes:
+            return []
+
+        if any(change.notification for change in changes):
             try:
-                delivery = self._observe(session, stored.get(session.id), cutoff, report)
+                self._mark_outbox()
             except StateStoreError as error:
-                report.session_errors += 1
+                report.session_errors += len(changes)
                 logger.error(
-                    "session skipped: state table unavailable",
-                    extra={
-                        "em_host": self._em_host,
-                        "session_id": session.id,
-                        "error": str(error),
-                    },
+                    "sessions skipped: state table unavailable",
+                    extra={"em_host": self._em_host, "error": str(error)},
                 )
-                continue
+                return []
+
+        with ThreadPoolExecutor(max_workers=WRITE_CONCURRENCY) as pool:
+            outcomes = list(pool.map(self._claim, changes))
+        deliveries = []
+        for change, outcome in zip(changes, outcomes, strict=True):
+            delivery = self._count_claim(change, outcome, report)
             if delivery is not None:
                 deliveries.append(delivery)
         return deliveries
 
-    def _observe(
+    def _change(
         self,
         session: CloudFailoverSession,
         previous: StoredSession | None,
         cutoff: datetime | None,
-        report: PollReport,
-    ) -> Delivery | None:
+    ) -> Change | None:
         digest = fingerprint(session)
         if previous is not None and previous.fingerprint == digest:
             return None
+        news = is_news(previous, session, cutoff)
+        return Change(session, previous, digest, render(session, self._em_host) if news else None)
 
-        notification = (
-            render(session, self._em_host) if is_news(previous, session, cutoff) else None
-        )
-        channels = frozenset(channel.name for channel in self._channels)
-        claimed = self._store.save(
-            self._em_host,
-            session.id,
-            _state_attributes(session, digest),
-            previous,
-            now=self._clock(),
-            notification=notification,
-            channels=channels,
-            lease=PUBLISH_LEASE,
-        )
-        if not claimed:
+    def _mark_outbox(self) -> None:
+        if self._watcher is not None and self._watcher.outbox_since is not None:
+            return
+        mark = self._store.mark_outbox(self._em_host, self._clock())
+        if self._watcher is not None:
+            self._watcher = replace(self._watcher, outbox_since=mark)
+
+    def _claim(self, change: Change) -> bool | StateStoreError:
+        """Write one change, conditional on the state read; False if another invocation
+        wrote first. Runs on a worker thread, so it reports its error instead of raising."""
+        try:
+            return self._store.save(
+                self._em_host,
+                change.session.id,
+                _state_attributes(change.session, change.digest),
+                change.previous,
+                now=self._clock(),
+                notification=change.notification,
+                channels=frozenset(channel.name for channel in self._channels),
+                lease=PUBLISH_LEASE,
+            )
+        except StateStoreError as error:
+            return error
+
+    def _count_claim(
+        self, change: Change, outcome: bool | StateStoreError, report: PollReport
+    ) -> Delivery | None:
+        session_id = change.session.id
+        if isinstance(outcome, StateStoreError):
+            report.session_errors += 1
+            logger.error(
+                "session skipped: state table unavailable",
+                extra={"em_host": self._em_host, "session_id": session_id, "error": str(outcome)},
+            )
+            return None
+        if not outcome:
             report.claims_lost += 1
             logger.info(
                 "session change claimed by another invocation",
-                extra={"em_host": self._em_host, "session_id": session.id},
+                extra={"em_host": self._em_host, "session_id": session_id},
             )
             return None
 
         report.sessions_changed += 1
-        if notification is None:
+        if change.notification is None:
             return None
         report.notifications += 1
-        report.notified_sessions.append(session.id)
-        return Delivery(session.id, notification, channels)
+        report.notified_sessions.append(session_id)
+        channels = frozenset(channel.name for channel in self._channels)
+        return Delivery(session_id, change.notification, channels)
 
     def _deliver(self, deliveries: Sequence[Delivery], report: PollReport) -> None:
         """Publish each channel's share in batches and record, as soon as a channel has
@@ -468,6 +564,7 @@ class PollService:
             if not batch:
                 continue
             failed = self._publish(channel, batch, report)
+            taken = []
             for delivery in batch:
                 if delivery.outbox_id in failed:
                     continue
@@ -475,11 +572,21 @@ class PollService:
                     self._note_delay(delivery.notification, report)
                 remaining[delivery.outbox_id].discard(channel.name)
                 report.deliveries += 1
-                self._record(delivery, channel.name, frozenset(remaining[delivery.outbox_id]))
+                taken.append((delivery, channel.name, frozenset(remaining[delivery.outbox_id])))
+            self._record_all(taken)
 
-        for delivery in deliveries:
-            if remaining[delivery.outbox_id]:
-                self._record(delivery, None, frozenset(remaining[delivery.outbox_id]))
+        self._record_all(
+            [
+                (d, None, frozenset(remaining[d.outbox_id]))
+                for d in deliveries
+                if remaining[d.outbox_id]
+            ]
+        )
+        report.completed += [d.outbox_id for d in deliveries if not remaining[d.outbox_id]]
+
+    def _record_all(self, records: Sequence[tuple[Delivery, str | None, frozenset[str]]]) -> None:
+        with ThreadPoolExecutor(max_workers=WRITE_CONCURRENCY) as pool:
+            list(pool.map(lambda record: self._record(*record), records))
 
     def _record(self, delivery: Delivery, channel: str | None, remaining: frozenset[str]) -> None:
         """Acknowledge `channel`, or (with None) give the lease back for a retry."""
@@ -538,8 +645,17 @@ class PollService:
     def _retry_pending(
         self, report: PollReport, remaining_seconds: Callable[[], float], attempted: set[str]
     ) -> None:
+        mark = self._watcher.outbox_since if self._watcher is not None else None
+        if mark is None:
+            return
         try:
             waiting = self._store.pending(self._em_host, RETRIES_PER_POLL)
+            if all(item.session_id in report.completed for item in waiting):
+                # Nothing waits (an index may still list what this poll just delivered).
+                self._store.clear_outbox_mark(self._em_host, mark)
+                if self._watcher is not None:
+                    self._watcher = replace(self._watcher, outbox_since=None)
+                return
         except StateStoreError as error:
             logger.error("outbox unreadable", extra={"em_host": self._em_host, "error": str(error)})
             return

@@ -60,7 +60,9 @@ class Watcher:
     `consecutive_failures` counts polls in a row that could not read EM, `auth_failures`
     those among them refused by EM's logon; `next_attempt_at` is set while the poller backs
     off after repeated authentication failures; `unhealthy` is True once an "unhealthy"
-    notification went out and no "recovered" one since.
+    notification went out and no "recovered" one since. `outbox_since` is set before any
+    notification is claimed and cleared once the outbox is found empty, so that a poll
+    looks in the outbox only when something may wait there.
     """
 
     watching_since: datetime
@@ -70,6 +72,7 @@ class Watcher:
     next_attempt_at: datetime | None = None
     failing_since: datetime | None = None
     unhealthy: bool = False
+    outbox_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,35 @@ class StateStore:
             raise _translate("UpdateItem", error) from error
         return _watcher(response["Attributes"])
 
+    def mark_outbox(self, em_host: str, now: datetime) -> datetime:
+        """Note that notifications may wait in the outbox (before claiming any); returns
+        the mark as stored, which an earlier claim may have set.
+        """
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=self._key(em_host, WATCHER_ID),
+                UpdateExpression="SET OutboxSince = if_not_exists(OutboxSince, :now)",
+                ExpressionAttributeValues={":now": {"S": _iso(now)}},
+                ReturnValues="ALL_NEW",
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _translate("UpdateItem", error) from error
+        return datetime.fromisoformat(response["Attributes"]["OutboxSince"]["S"])
+
+    def clear_outbox_mark(self, em_host: str, seen: datetime) -> None:
+        """Remove the outbox mark found empty, unless a claim has set it anew since."""
+        self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, WATCHER_ID),
+            UpdateExpression="REMOVE OutboxSince",
+            ConditionExpression="OutboxSince = :seen",
+            ExpressionAttributeValues={":seen": {"S": _iso(seen)}},
+            ignore_condition=True,
+        )
+
     def back_off(self, em_host: str, until: datetime | None) -> None:
         """Set (or clear, with None) the moment before which EM's logon is not tried."""
         if until is None:
@@ -218,15 +250,17 @@ class StateStore:
                         "Update": {
                             "TableName": self._table,
                             "Key": self._key(em_host, WATCHER_ID),
-                            "UpdateExpression": "SET Unhealthy = :new",
+                            "UpdateExpression": (
+                                "SET Unhealthy = :new, "
+                                "OutboxSince = if_not_exists(OutboxSince, :now)"
+                            ),
                             "ConditionExpression": condition,
                             "ExpressionAttributeValues": {
                                 ":new": {"BOOL": unhealthy},
                                 ":true": {"BOOL": True},
-                                ":false": {"BOOL": False},
-                            }
-                            if unhealthy
-                            else {":new": {"BOOL": unhealthy}, ":true": {"BOOL": True}},
+                                ":now": {"S": _iso(now)},
+                                **({":false": {"BOOL": False}} if unhealthy else {}),
+                            },
                         }
                     },
                     {
@@ -498,6 +532,7 @@ def _watcher(item: dict[str, Any]) -> Watcher:
         next_attempt_at=_optional_time(item, "NextAttemptAt"),
         failing_since=_optional_time(item, "FailingSince"),
         unhealthy=bool(item.get("Unhealthy", {}).get("BOOL", False)),
+        outbox_since=_optional_time(item, "OutboxSince"),
     )
 
 
