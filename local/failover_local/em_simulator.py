@@ -151,8 +151,9 @@ class EmSimulator:
         self._password = password
         self._clock = clock
         self._lock = threading.Lock()
+        self._snapshot_cache: tuple[Story, datetime, list[SessionState]] | None = None
         self._logons: dict[str, _Logon] = {}
-        self._faults: dict[str, deque[FaultResponse]] = {}
+        self._faults: dict[str, deque[tuple[str, FaultResponse]]] = {}
         self._counts: Counter[str] = Counter()
         self._server: _EmHttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -242,8 +243,11 @@ class EmSimulator:
         with self._lock:
             return len(self._logons)
 
-    def inject(self, route: str, response: FaultResponse, times: int = 1) -> None:
-        """Serve ``response`` for the next ``times`` requests to ``route``.
+    def inject(
+        self, route: str, response: FaultResponse, times: int = 1, *, path_contains: str = ""
+    ) -> None:
+        """Serve ``response`` for the next ``times`` requests to ``route`` (only those whose
+        path contains ``path_contains``, e.g. one session's GUID, when given).
 
         Injected answers queue up first-in first-out per route and come before any
         normal handling, authentication included.
@@ -254,7 +258,8 @@ class EmSimulator:
             raise ValueError("times must be at least 1")
 
         with self._lock:
-            self._faults.setdefault(route, deque()).extend([response] * times)
+            queue = self._faults.setdefault(route, deque())
+            queue.extend([(path_contains.lower(), response)] * times)
 
     def clear_faults(self) -> None:
         """Forget every injected answer not served yet."""
@@ -271,11 +276,15 @@ class EmSimulator:
             raise RuntimeError("EM simulator not started")
         return self._server
 
-    def _count_and_take_fault(self, route: str) -> FaultResponse | None:
+    def _count_and_take_fault(self, route: str, path: str = "") -> FaultResponse | None:
         with self._lock:
             self._counts[route] += 1
             queue = self._faults.get(route)
-            return queue.popleft() if queue else None
+            for index, (wanted, response) in enumerate(queue or ()):
+                if wanted in path.lower():
+                    del queue[index]  # type: ignore[union-attr]
+                    return response
+            return None
 
     def _answer(self, request: _Request) -> _Answer:
         try:
@@ -443,7 +452,17 @@ class EmSimulator:
         return _xml_answer(root)
 
     def _snapshot(self) -> list[SessionState]:
-        return self.story.snapshot(self._clock())
+        # A frozen clock (tests, the benchmark) asks the same question many times; a
+        # real EM does not pay for its whole history on every request either.
+        now, story = self._clock(), self.story
+        with self._lock:
+            cached = self._snapshot_cache
+            if cached is not None and cached[0] is story and cached[1] == now:
+                return cached[2]
+        snapshot = story.snapshot(now)
+        with self._lock:
+            self._snapshot_cache = (story, now, snapshot)
+        return snapshot
 
     @property
     def _api_url(self) -> str:
@@ -557,7 +576,7 @@ class _EmRequestHandler(BaseHTTPRequestHandler):
         self._discard_body()
         request = self._parse_request()
 
-        fault = simulator._count_and_take_fault(request.route)
+        fault = simulator._count_and_take_fault(request.route, self.path)
         time.sleep(simulator.latency)
 
         if fault is not None:

@@ -222,7 +222,7 @@ def test_a_hostile_session_body_spoils_only_that_session(
     first, second = "4be1d766-bf90-465a-8df1-2b949f7be762", "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53"
     local = deploy(EmSessionIds=f"{first},{second}")
     story_clock.advance(seconds=30)
-    simulator.inject("session", FaultResponse(200, body.read_bytes()))
+    simulator.inject("session", FaultResponse(200, body.read_bytes()), path_contains=first)
 
     report = poll()
     received = list(local.received())
@@ -240,7 +240,9 @@ def test_one_watched_session_failing_with_5xx_spoils_only_that_session(
     first, second = "4be1d766-bf90-465a-8df1-2b949f7be762", "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53"
     local = deploy(EmSessionIds=f"{first},{second}")
     story_clock.advance(seconds=30)
-    simulator.inject("session", FaultResponse(500, error_xml(500, "Internal error")), times=4)
+    simulator.inject(
+        "session", FaultResponse(500, error_xml(500, "Internal error")), 4, path_contains=first
+    )
 
     report = poll()
     received = list(local.received())

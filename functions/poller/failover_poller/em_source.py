@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -35,6 +36,11 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=***)"
+
+
+# Watched sessions fetched at once; the EM client keeps this many connections (requests'
+# default pool size).
+NAMED_CONCURRENCY = 10
 
 
 class CredentialsError(EmError):
@@ -130,18 +136,25 @@ class EmSessionSource:
 
     @staticmethod
     def _fetch_named(client: EmClient, watched_ids: tuple[str, ...]) -> Fetched:
-        sessions: list[CloudFailoverSession] = []
-        problems: list[SessionProblem] = []
-        for session_id in watched_ids:
+        """Fetch the watched sessions concurrently, as many at once as the client has
+        connections."""
+
+        def fetch_one(session_id: str) -> CloudFailoverSession | SessionProblem:
             try:
-                sessions.append(client.get_failover_session(session_id))
+                return client.get_failover_session(session_id)
             except EmNotFoundError as error:
-                problems.append(SessionProblem(session_id, error, gone=True))
+                return SessionProblem(session_id, error, gone=True)
             except (EmResponseError, EmHttpError) as error:
                 # One session's bad answer spoils that session only; connection, TLS and
                 # authentication failures still end the poll.
-                problems.append(SessionProblem(session_id, error))
-        return Fetched(tuple(sessions), tuple(problems))
+                return SessionProblem(session_id, error)
+
+        with ThreadPoolExecutor(max_workers=min(NAMED_CONCURRENCY, len(watched_ids))) as pool:
+            outcomes = list(pool.map(fetch_one, watched_ids))
+        return Fetched(
+            tuple(o for o in outcomes if isinstance(o, CloudFailoverSession)),
+            tuple(o for o in outcomes if isinstance(o, SessionProblem)),
+        )
 
     def _discover(self, client: EmClient, since: datetime) -> Fetched:
         sessions: dict[str, CloudFailoverSession] = {}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
@@ -109,6 +111,8 @@ class EmClient:
         self._max_body_bytes = max_body_bytes
         self._token: str | None = None
         self._logon: LogonSession | None = None
+        self._logon_lock = threading.Lock()
+        self._pool_size = pool_size
 
         self._http = requests.Session()
         self._http.verify = ca_bundle if ca_bundle else _system_trust_store()
@@ -218,17 +222,35 @@ class EmClient:
         query += f"&pageSize={page_size}"
         if filter_expression:
             query += f"&filter={quote(filter_expression, safe='')}"
-        url: str | None = f"{self.base_url}/query?{query}&page=1"
-        seen: set[str] = set()
+        first_url = f"{self.base_url}/query?{query}&page=1"
+        first = parse_query_result(self._get(first_url), first_url)
+        yield first
 
-        while url is not None and url not in seen:
+        # Once EM has said how many pages there are, the rest are fetched at once.
+        counted = first.paging.pages_count if first.paging and first.paging.next_href else 1
+        counted = min(counted, MAX_QUERY_PAGES)
+        urls = [f"{self.base_url}/query?{query}&page={number}" for number in range(2, counted + 1)]
+        last = first
+        if urls:
+            with ThreadPoolExecutor(max_workers=min(self._pool_size, len(urls))) as pool:
+                for page in pool.map(lambda url: parse_query_result(self._get(url), url), urls):
+                    yield page
+                    last = page
+
+        # An EM whose pages grew meanwhile (or that never says how many) is followed by its
+        # Next links, each page once, up to a limit.
+        seen = {first_url, *urls}
+        next_href = last.paging.next_href if last.paging else None
+        while next_href:
+            url = self._same_origin(next_href)
+            if url in seen:
+                break
             if len(seen) >= MAX_QUERY_PAGES:
                 raise EmResponseError(url, f"at most {MAX_QUERY_PAGES} query pages", "more")
             seen.add(url)
             page = parse_query_result(self._get(url), url)
             yield page
             next_href = page.paging.next_href if page.paging else None
-            url = self._same_origin(next_href) if next_href else None
 
     def discover_failover_sessions(
         self, filter_expression: str | None, page_size: int = 100
@@ -270,13 +292,17 @@ class EmClient:
         return f"{self.base_url}{rest}{query}"
 
     def _get(self, url: str) -> bytes:
+        token = self._token
         response = self._send("GET", url)
         if response.status_code == 401:
             # EM expires idle tokens after 15 minutes: log on again once, retry once. The
             # old logon session is closed first, in case EM refused it for another reason.
+            # Of several threads refused the same token, one logs on for all.
             response.close()
-            self._close_refused_logon()
-            self.logon()
+            with self._logon_lock:
+                if self._token == token:
+                    self._close_refused_logon()
+                    self.logon()
             response = self._send("GET", url)
             if response.status_code == 401:
                 raise EmAuthenticationError(self.host, "EM refused a fresh token (401)")
