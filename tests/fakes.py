@@ -11,7 +11,12 @@ from typing import Any
 from failover_poller.channels import PublishError
 from failover_poller.em_source import Fetched, SessionProblem
 from failover_poller.notifications import Notification
-from failover_poller.state_store import PendingNotification, StoredSession, Watcher
+from failover_poller.state_store import (
+    PendingNotification,
+    PlanOutcome,
+    StoredSession,
+    Watcher,
+)
 from veeam_em.errors import EmError
 from veeam_em.models import CloudFailoverSession
 from veeam_em.parser import parse_failover_session
@@ -71,6 +76,7 @@ class _Item:
     notification: Notification | None = None
     pending: set[str] = field(default_factory=set)
     lease_until: datetime | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeStateStore:
@@ -80,6 +86,7 @@ class FakeStateStore:
         self.items: dict[tuple[str, str], _Item] = {}
         self.watchers: dict[str, Watcher] = {}
         self.gone: set[str] = set()
+        self.plans: dict[str, PlanOutcome] = {}
         self.writes = 0
 
     def watcher(self, em_host: str, now: datetime, lookback: timedelta) -> Watcher:
@@ -146,6 +153,42 @@ class FakeStateStore:
         )
         return True
 
+    def claim_alert(
+        self,
+        em_host: str,
+        outbox_id: str,
+        *,
+        notification: Notification,
+        channels: Iterable[str],
+        now: datetime,
+        lease: timedelta,
+    ) -> bool:
+        if (em_host, outbox_id) in self.items:
+            return False
+        self.items[(em_host, outbox_id)] = _Item(
+            1, "", False, True, notification, set(channels), now + lease
+        )
+        return True
+
+    def plan_outcomes(self, em_host: str, plan_names: Iterable[str]) -> dict[str, PlanOutcome]:
+        wanted = {name.strip().lower() for name in plan_names}
+        return {name: outcome for name, outcome in self.plans.items() if name in wanted}
+
+    def record_plan_outcome(
+        self,
+        em_host: str,
+        plan_name: str,
+        *,
+        session_id: str,
+        result: str,
+        ended: datetime,
+        now: datetime,
+    ) -> None:
+        key = plan_name.strip().lower()
+        last = self.plans.get(key)
+        failed = session_id if result == "Failed" else (last.failed_session_id if last else None)
+        self.plans[key] = PlanOutcome(result, session_id, failed)
+
     def mark_gone(self, em_host: str, session_id: str, now: datetime) -> bool:
         if session_id in self.gone:
             return False
@@ -156,8 +199,19 @@ class FakeStateStore:
         item = self.items.get((em_host, session_id))
         if item is None:
             return None
+        attributes = item.attributes
+        progress = attributes.get("Progress", {}).get("N")
+        since = attributes.get("ProgressSince", {}).get("S")
         return StoredSession(
-            session_id, item.version, item.fingerprint, item.terminal, item.notified
+            session_id,
+            item.version,
+            item.fingerprint,
+            item.terminal,
+            item.notified,
+            progress=int(progress) if progress is not None else None,
+            progress_since=datetime.fromisoformat(since) if since else None,
+            stuck_alerted=attributes.get("StuckAlerted", {}).get("BOOL", False),
+            started_alerted=attributes.get("StartedAlerted", {}).get("BOOL", False),
         )
 
     def save(
@@ -184,6 +238,7 @@ class FakeStateStore:
             fingerprint=attributes["Fingerprint"]["S"],
             terminal=attributes["Terminal"]["BOOL"],
             notified=bool(current and current.notified) or notification is not None,
+            attributes=attributes,
         )
         if notification is not None:
             item.notification = notification

@@ -383,3 +383,131 @@ def test_a_session_unreadable_for_a_while_is_still_notified_when_it_reads_again(
     assert last.notifications == 1
     # Every poll after the complete one still asks from before it.
     assert {since for _, since in source.calls[1:]} == {FIRST_POLL - timedelta(minutes=5)}
+
+
+def alert_service(source, store, channels, clock, **policy):  # type: ignore[no-untyped-def]
+    from failover_poller.alerts import AlertPolicy
+
+    return PollService(
+        source,
+        store,  # type: ignore[arg-type]
+        channels,
+        em_host=HOST,
+        watched_ids=(),
+        first_sight_lookback=timedelta(minutes=15),
+        alerts=AlertPolicy(**policy),
+        clock=clock,
+    )
+
+
+def kinds(channel: FakeChannel) -> list[str]:
+    return [notification.attributes["event_type"] for notification in channel.published]
+
+
+def test_a_session_running_too_long_is_stuck_once_and_still_finishes(
+    source, store, channels, clock
+) -> None:
+    poller = alert_service(source, store, channels, clock, stuck_after=timedelta(minutes=30))
+    for _ in range(3):
+        source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING, **ended(60)))
+
+    for _ in range(4):
+        poller.poll()
+        clock.advance(minutes=20)
+
+    for channel in channels:
+        assert kinds(channel) == ["failover.stuck", "failover.finished"]
+
+
+def test_a_session_whose_progress_does_not_move_is_stuck(source, store, channels, clock) -> None:
+    poller = alert_service(
+        source, store, channels, clock, stuck_without_progress=timedelta(minutes=10)
+    )
+    source.answer(load_session(WORKING, progress=40))
+    source.answer(load_session(WORKING, progress=40))
+    source.answer(load_session(WORKING, progress=40))
+
+    poller.poll()
+    clock.advance(minutes=5)
+    early = poller.poll()
+    clock.advance(minutes=6)
+    late = poller.poll()
+
+    assert (early.alerts, late.alerts) == (0, 1)
+    assert channels[1].published[0].detail["stuck"]["reason"] == "no-progress"
+
+
+def test_started_alerts_only_when_asked_for(source, store, channels, clock) -> None:
+    quiet = alert_service(source, store, channels, clock)
+    source.answer(load_session(WORKING))
+    quiet.poll()
+    assert kinds(channels[0]) == []
+
+    loud = alert_service(FakeSource(), FakeStateStore(), channels, clock, notify_started=True)
+    loud._source.answer(load_session(WORKING))  # type: ignore[attr-defined]
+    loud.poll()
+    assert kinds(channels[0]) == ["failover.started"]
+
+
+def test_a_plan_that_failed_and_then_succeeds_has_recovered(source, store, channels, clock) -> None:
+    poller = alert_service(source, store, channels, clock)
+    failed = load_session(WORKING, **ended(1, "Failed"))
+    retry = load_session(
+        "failover-session-stopped-success.xml",
+        name=failed.name,
+        creation_time=FIRST_POLL + timedelta(minutes=2),
+        end_time=FIRST_POLL + timedelta(minutes=3),
+    )
+    source.answer(load_session(WORKING))
+    source.answer(failed)
+    source.answer(failed, retry)
+
+    for _ in range(3):
+        poller.poll()
+        clock.advance(minutes=2)
+
+    events = channels[1].published
+    assert [n.detail["result"] for n in events] == ["Failed", "Success"]
+    assert events[1].detail["recoveredFrom"] == failed.id
+    assert "recovered" in events[1].subject.lower()
+
+
+def test_a_muted_plan_reaches_eventbridge_only_marked_muted(source, store, channels, clock) -> None:
+    poller = alert_service(
+        source, store, channels, clock, muted_plans=frozenset({"contoso failover plan"})
+    )
+    source.answer(load_session(WORKING))
+    source.answer(load_session(WORKING, **ended(1)))
+
+    poller.poll()
+    poller.poll()
+
+    sns, events = channels
+    assert sns.published == []
+    assert [n.detail["muted"] for n in events.published] == [True]
+    assert store.pending(HOST, 10) == []
+
+
+def test_a_weekly_window_mutes_sns_inside_it_only() -> None:
+    from failover_poller.alerts import AlertPolicy, WeeklyWindow
+
+    policy = AlertPolicy(mute_windows=(WeeklyWindow.parse("Sat 22:00-Mon 06:00"),))
+
+    assert policy.muted("Any Plan", datetime(2026, 12, 6, 12, 0, tzinfo=UTC))  # a Sunday
+    assert not policy.muted("Any Plan", datetime(2026, 12, 7, 6, 0, tzinfo=UTC))  # Monday 06:00
+
+
+def test_a_gap_longer_than_em_keeps_sessions_is_told_once(source, store, channels, clock) -> None:
+    poller = alert_service(source, store, channels, clock)
+    source.answer()
+    source.answer()
+    source.answer()
+
+    poller.poll()
+    clock.advance(days=31)
+    poller.poll()
+    clock.advance(minutes=1)
+    poller.poll()
+
+    assert kinds(channels[0]) == ["monitoring.gap"]

@@ -7,11 +7,13 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta, tzinfo
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from failover_poller.alerts import AlertPolicy, WeeklyWindow
 from veeam_em.client import Timeouts, normalize_base_url
 
 _ARN = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+")
@@ -53,6 +55,7 @@ class Config:
     page_size: int
     em_timeouts: Timeouts
     unhealthy_after_polls: int
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Config:
@@ -84,6 +87,25 @@ class Config:
                 read=reader.number("EM_READ_TIMEOUT_SECONDS", 30, 0.1, 300),
             ),
             unhealthy_after_polls=int(reader.number("UNHEALTHY_AFTER_POLLS", 3, 1, 1440)),
+            alerts=AlertPolicy(
+                time_zone=reader.time_zone("NOTIFY_TIME_ZONE"),
+                stuck_after=timedelta(
+                    minutes=reader.number("STUCK_AFTER_MINUTES", 240, 1, 60 * 24 * 30)
+                ),
+                stuck_without_progress=timedelta(
+                    minutes=reader.number("STUCK_WITHOUT_PROGRESS_MINUTES", 120, 1, 60 * 24 * 30)
+                ),
+                notify_started=reader.flag("NOTIFY_STARTED"),
+                muted_plans=frozenset(
+                    name.strip().lower()
+                    for name in (reader.optional("MUTED_PLANS") or "").split(",")
+                    if name.strip()
+                ),
+                mute_windows=reader.windows("MUTE_WINDOWS"),
+                plan_refresh=timedelta(
+                    minutes=reader.number("PLAN_REFRESH_MINUTES", 15, 1, 60 * 24)
+                ),
+            ),
         )
 
     def target(self, em_host: str | None) -> EmTarget:
@@ -189,6 +211,30 @@ class _Reader:
             if hosts.count(host) > 1:
                 raise ConfigError("EM_TARGETS", f"names EM {host} twice")
         return targets
+
+    def time_zone(self, name: str) -> tzinfo:
+        text = self.optional(name)
+        if text is None or text.upper() == "UTC":
+            return UTC
+        try:
+            return ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ConfigError(
+                name, f"is not a time zone name like Europe/Berlin: {text!r}"
+            ) from error
+
+    def flag(self, name: str) -> bool:
+        text = (self.optional(name) or "false").lower()
+        if text not in ("true", "false"):
+            raise ConfigError(name, f"must be true or false, got {text[:20]!r}")
+        return text == "true"
+
+    def windows(self, name: str) -> tuple[WeeklyWindow, ...]:
+        parts = [part for part in (self.optional(name) or "").split(";") if part.strip()]
+        try:
+            return tuple(WeeklyWindow.parse(part) for part in parts)
+        except ValueError as error:
+            raise ConfigError(name, str(error)) from error
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         text = self.optional(name)

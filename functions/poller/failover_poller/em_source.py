@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 
+from failover_poller.plans import PlanDirectory
 from veeam_em.client import EmClient, Timeouts
 from veeam_em.errors import (
     EmAuthenticationError,
@@ -94,8 +95,10 @@ class EmSessionSource:
         ca_bundle: str | None,
         timeouts: Timeouts,
         page_size: int,
+        plans: PlanDirectory | None = None,
         client_factory: Callable[..., EmClient] = EmClient,
     ) -> None:
+        self._plans = plans
         self.url = url
         self._credentials = credentials
         self._ca_bundle = ca_bundle_file(ca_bundle)
@@ -130,6 +133,9 @@ class EmSessionSource:
             timeouts=self._timeouts,
         )
         with client:
+            if self._plans is not None:
+                # Tenants come from the failover plans, read in bulk now and then.
+                self._plans.refresh_if_due(client)
             if watched_ids:
                 return self._fetch_named(client, watched_ids)
             return self._discover(client, since)

@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from failover_poller.channels import EventBridgeChannel, SnsChannel
 from failover_poller.config import Config, EmTarget
 from failover_poller.em_source import Credentials, CredentialsError, EmSessionSource
+from failover_poller.plans import PlanDirectory
 from failover_poller.service import PollService
 from failover_poller.state_store import StateStore
 
@@ -63,12 +64,14 @@ def secret_credentials(secret_arn: str) -> Callable[[bool], Credentials]:
 def build_service(config: Config, target: EmTarget) -> PollService:
     """Connect every adapter for polling one EM."""
     session = boto3.session.Session()
+    plans = PlanDirectory(refresh_interval=config.alerts.plan_refresh, page_size=config.page_size)
     source = EmSessionSource(
         target.url,
         secret_credentials(target.secret_arn),
         ca_bundle=target.ca_bundle,
         timeouts=config.em_timeouts,
         page_size=config.page_size,
+        plans=plans,
     )
     store = StateStore(
         config.state_table_name,
@@ -89,6 +92,8 @@ def build_service(config: Config, target: EmTarget) -> PollService:
         watched_ids=target.watched_session_ids,
         first_sight_lookback=config.first_sight_lookback,
         unhealthy_after_polls=config.unhealthy_after_polls,
+        alerts=config.alerts,
+        plans=plans,
     )
 
 

@@ -18,11 +18,21 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
+from failover_poller.alerts import AlertPolicy
 from failover_poller.channels import Channel, PublishError
 from failover_poller.em_source import CredentialsError, Fetched
-from failover_poller.notifications import Notification, render, render_health
+from failover_poller.notifications import (
+    Notification,
+    render,
+    render_health,
+    render_monitoring_gap,
+    render_started,
+    render_stuck,
+)
+from failover_poller.plans import PlanDirectory, TenantInfo
 from failover_poller.state_store import (
     HEALTH_PREFIX,
+    PlanOutcome,
     StateStore,
     StateStoreError,
     StoredSession,
@@ -34,10 +44,14 @@ from veeam_em.errors import (
     EmError,
     EmTlsError,
 )
-from veeam_em.models import CloudFailoverSession
+from veeam_em.models import RESULT_FAILED, RESULT_SUCCESS, RESULT_WARNING, CloudFailoverSession
 
 logger = Logger(child=True)
 
+# Outbox items of monitoring-gap alerts, one per gap.
+GAP_PREFIX = "#gap/"
+# EM keeps sessions this long: a poller away longer may have missed some.
+EM_RETENTION = timedelta(days=30)
 # Discovery asks for sessions that ended since the last poll, less this much for clock skew.
 DISCOVERY_OVERLAP = timedelta(minutes=5)
 # How long an invocation owns a notification it is publishing before another may retry it.
@@ -73,12 +87,39 @@ def _iso(moment: datetime | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A session whose state differs from the stored one, and what it means."""
+    """A session whose state differs from the stored one, and what it means: `news` for
+    its end, `alerts` (kind, notification) for what else is worth telling, all sent on
+    `channels` (EventBridge alone for a muted plan)."""
 
     session: CloudFailoverSession
     previous: StoredSession | None
     digest: str
-    notification: Notification | None
+    news: bool
+    alerts: tuple[tuple[str, Notification], ...]
+    progress_since: datetime
+    channels: frozenset[str]
+    muted: bool
+    notification: Notification | None = None
+
+    def attributes(self) -> dict[str, Any]:
+        """The session item's attributes after this change."""
+        kinds = {kind for kind, _ in self.alerts}
+        previous = self.previous
+        return _state_attributes(self.session, self.digest) | {
+            "ProgressSince": {"S": self.progress_since.isoformat()},
+            "StuckAlerted": {"BOOL": "stuck" in kinds or bool(previous and previous.stuck_alerted)},
+            "StartedAlerted": {
+                "BOOL": "started" in kinds or bool(previous and previous.started_alerted)
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a change's claim won: its own write, and the alerts (outbox ID, notification)."""
+
+    saved: bool
+    alerts: tuple[tuple[str, Notification], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +154,7 @@ class PollReport:
     sessions_gone: int = 0
     claims_lost: int = 0
     notifications: int = 0
+    alerts: int = 0
     deliveries: int = 0
     publish_failures: int = 0
     retried: int = 0
@@ -212,8 +254,12 @@ class PollService:
         watched_ids: tuple[str, ...],
         first_sight_lookback: timedelta,
         unhealthy_after_polls: int = 3,
+        alerts: AlertPolicy | None = None,
+        plans: PlanDirectory | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
+        self._alerts = alerts or AlertPolicy()
+        self._plans = plans
         self._source = source
         self._store = store
         self._channels = channels
@@ -289,6 +335,9 @@ class PollService:
             self._retry_pending(report, remaining_seconds, attempted=set())
             return
 
+        last_poll = watcher.last_poll_at
+        if last_poll is not None and started - last_poll > EM_RETENTION:
+            self._tell_gap(report, last_poll, started)
         self._note_problems(fetched, report)
         cutoff = None if self._watched_ids else watcher.watching_since
         claimed = self._observe_all(fetched.sessions, cutoff, report, remaining_seconds)
@@ -306,6 +355,29 @@ class PollService:
             )
         else:
             self._poll_succeeded(watcher, started)
+
+    def _tell_gap(self, report: PollReport, last_poll: datetime, now: datetime) -> None:
+        """The poller was away longer than EM keeps sessions: say once what may be missed."""
+        notification = render_monitoring_gap(
+            self._em_host, last_poll_at=last_poll, now=now, time_zone=self._alerts.time_zone
+        )
+        channels = frozenset(channel.name for channel in self._channels)
+        outbox_id = f"{GAP_PREFIX}{_iso(last_poll)}"
+        self._mark_outbox()
+        if self._store.claim_alert(
+            self._em_host,
+            outbox_id,
+            notification=notification,
+            channels=channels,
+            now=now,
+            lease=PUBLISH_LEASE,
+        ):
+            report.alerts += 1
+            logger.warning(
+                "monitoring gap longer than EM keeps sessions",
+                extra={"em_host": self._em_host, "last_poll_at": _iso(last_poll)},
+            )
+            self._deliver([Delivery(outbox_id, notification, channels)], report)
 
     def _poll_failed(self, report: PollReport, error: EmError, now: datetime) -> None:
         report.fail(failure_kind(error), error)
@@ -456,35 +528,35 @@ class PollService:
             )
             return []
 
+        now = self._clock()
         changes: list[Change] = []
         for session in sessions:
             if remaining_seconds() < SAFETY_MARGIN_SECONDS:
                 report.out_of_time = True
                 break
-            change = self._change(session, stored.get(session.id), cutoff)
+            change = self._change(session, stored.get(session.id), cutoff, now)
             if change is not None:
                 changes.append(change)
         if not changes:
             return []
 
-        if any(change.notification for change in changes):
-            try:
+        try:
+            changes = self._render_news(changes)
+            if any(change.notification or change.alerts for change in changes):
                 self._mark_outbox()
-            except StateStoreError as error:
-                report.session_errors += len(changes)
-                logger.error(
-                    "sessions skipped: state table unavailable",
-                    extra={"em_host": self._em_host, "error": str(error)},
-                )
-                return []
+        except StateStoreError as error:
+            report.session_errors += len(changes)
+            logger.error(
+                "sessions skipped: state table unavailable",
+                extra={"em_host": self._em_host, "error": str(error)},
+            )
+            return []
 
         with ThreadPoolExecutor(max_workers=WRITE_CONCURRENCY) as pool:
             outcomes = list(pool.map(self._claim, changes))
-        deliveries = []
+        deliveries: list[Delivery] = []
         for change, outcome in zip(changes, outcomes, strict=True):
-            delivery = self._count_claim(change, outcome, report)
-            if delivery is not None:
-                deliveries.append(delivery)
+            deliveries += self._count_claim(change, outcome, report)
         return deliveries
 
     def _change(
@@ -492,12 +564,104 @@ class PollService:
         session: CloudFailoverSession,
         previous: StoredSession | None,
         cutoff: datetime | None,
+        now: datetime,
     ) -> Change | None:
         digest = fingerprint(session)
-        if previous is not None and previous.fingerprint == digest:
+        moved = previous is None or previous.progress != session.progress
+        progress_since = now if moved or previous is None else previous.progress_since or now
+        muted = self._alerts.muted(session.name, now)
+        alerts = (
+            ()
+            if session.is_terminal
+            else self._alerts_for(session, previous, progress_since, now, muted)
+        )
+        if previous is not None and previous.fingerprint == digest and not alerts:
             return None
-        news = is_news(previous, session, cutoff)
-        return Change(session, previous, digest, render(session, self._em_host) if news else None)
+
+        channels = frozenset(channel.name for channel in self._channels)
+        return Change(
+            session=session,
+            previous=previous,
+            digest=digest,
+            news=is_news(previous, session, cutoff),
+            alerts=alerts,
+            progress_since=progress_since,
+            channels=frozenset({"eventbridge"}) & channels if muted else channels,
+            muted=muted,
+        )
+
+    def _alerts_for(
+        self,
+        session: CloudFailoverSession,
+        previous: StoredSession | None,
+        progress_since: datetime,
+        now: datetime,
+        muted: bool,
+    ) -> tuple[tuple[str, Notification], ...]:
+        alerts: list[tuple[str, Notification]] = []
+        tenant = self._tenant(session)
+        zone = self._alerts.time_zone
+        if self._alerts.notify_started and previous is None:
+            started = render_started(
+                session, self._em_host, tenant=tenant, time_zone=zone, muted=muted
+            )
+            alerts.append(("started", started))
+        stuck = self._alerts.stuck_reason(session.creation_time, progress_since, now)
+        if stuck is not None and not (previous is not None and previous.stuck_alerted):
+            reason, threshold = stuck
+            notification = render_stuck(
+                session,
+                self._em_host,
+                reason=reason,
+                threshold=threshold,
+                now=now,
+                tenant=tenant,
+                time_zone=zone,
+                muted=muted,
+            )
+            alerts.append(("stuck", notification))
+        return tuple(alerts)
+
+    def _tenant(self, session: CloudFailoverSession) -> TenantInfo | None:
+        return self._plans.tenant_for(session.name) if self._plans is not None else None
+
+    def _render_news(self, changes: list[Change]) -> list[Change]:
+        """Render each session's end, telling a recovery when its plan last failed."""
+        news = sorted(
+            (change for change in changes if change.news),
+            key=lambda change: change.session.end_time or change.session.creation_time,
+        )
+        if not news:
+            return changes
+
+        outcomes = self._store.plan_outcomes(self._em_host, [c.session.name for c in news])
+        rendered: dict[str, Notification] = {}
+        for change in news:
+            session, plan = change.session, change.session.name.strip().lower()
+            last = outcomes.get(plan)
+            recovered_from = None
+            succeeded = session.result in (RESULT_SUCCESS, RESULT_WARNING)
+            if (
+                succeeded
+                and last
+                and last.result == RESULT_FAILED
+                and last.session_id != session.id
+            ):
+                recovered_from = last.failed_session_id or last.session_id
+            rendered[session.id] = render(
+                session,
+                self._em_host,
+                tenant=self._tenant(session),
+                time_zone=self._alerts.time_zone,
+                muted=change.muted,
+                recovered_from=recovered_from,
+            )
+            failed_id = session.id if session.result == RESULT_FAILED else None
+            outcomes[plan] = PlanOutcome(session.result, session.id, failed_id)
+        return [
+            replace(change, notification=rendered[change.session.id]) if change.news else change
+            for change in changes
+        ]
 
     def _mark_outbox(self) -> None:
         if self._watcher is not None and self._watcher.outbox_since is not None:
@@ -506,26 +670,51 @@ class PollService:
         if self._watcher is not None:
             self._watcher = replace(self._watcher, outbox_since=mark)
 
-    def _claim(self, change: Change) -> bool | StateStoreError:
-        """Write one change, conditional on the state read; False if another invocation
-        wrote first. Runs on a worker thread, so it reports its error instead of raising."""
+    def _claim(self, change: Change) -> Claim | StateStoreError:
+        """Write one change, conditional on the state read, then claim its alerts. Runs on
+        a worker thread, so it reports its error instead of raising."""
+        session, now = change.session, self._clock()
         try:
-            return self._store.save(
+            saved = self._store.save(
                 self._em_host,
-                change.session.id,
-                _state_attributes(change.session, change.digest),
+                session.id,
+                change.attributes(),
                 change.previous,
-                now=self._clock(),
+                now=now,
                 notification=change.notification,
-                channels=frozenset(channel.name for channel in self._channels),
+                channels=change.channels,
                 lease=PUBLISH_LEASE,
             )
+            if not saved:
+                return Claim(saved=False, alerts=())
+            alerts = tuple(
+                (f"{session.id}#{kind}", notification)
+                for kind, notification in change.alerts
+                if self._store.claim_alert(
+                    self._em_host,
+                    f"{session.id}#{kind}",
+                    notification=notification,
+                    channels=change.channels,
+                    now=now,
+                    lease=PUBLISH_LEASE,
+                )
+            )
+            if change.notification is not None:
+                self._store.record_plan_outcome(
+                    self._em_host,
+                    session.name,
+                    session_id=session.id,
+                    result=session.result,
+                    ended=session.end_time or session.creation_time,
+                    now=now,
+                )
         except StateStoreError as error:
             return error
+        return Claim(saved=True, alerts=alerts)
 
     def _count_claim(
-        self, change: Change, outcome: bool | StateStoreError, report: PollReport
-    ) -> Delivery | None:
+        self, change: Change, outcome: Claim | StateStoreError, report: PollReport
+    ) -> list[Delivery]:
         session_id = change.session.id
         if isinstance(outcome, StateStoreError):
             report.session_errors += 1
@@ -533,22 +722,23 @@ class PollService:
                 "session skipped: state table unavailable",
                 extra={"em_host": self._em_host, "session_id": session_id, "error": str(outcome)},
             )
-            return None
-        if not outcome:
+            return []
+        if not outcome.saved:
             report.claims_lost += 1
             logger.info(
                 "session change claimed by another invocation",
                 extra={"em_host": self._em_host, "session_id": session_id},
             )
-            return None
+            return []
 
         report.sessions_changed += 1
-        if change.notification is None:
-            return None
-        report.notifications += 1
-        report.notified_sessions.append(session_id)
-        channels = frozenset(channel.name for channel in self._channels)
-        return Delivery(session_id, change.notification, channels)
+        deliveries = [Delivery(key, alert, change.channels) for key, alert in outcome.alerts]
+        report.alerts += len(deliveries)
+        if change.notification is not None:
+            report.notifications += 1
+            report.notified_sessions.append(session_id)
+            deliveries.append(Delivery(session_id, change.notification, change.channels))
+        return deliveries
 
     def _deliver(self, deliveries: Sequence[Delivery], report: PollReport) -> None:
         """Publish each channel's share in batches and record, as soon as a channel has

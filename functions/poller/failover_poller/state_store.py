@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 WATCHER_ID = "#watcher"
 # Outbox items of the poller's own health notifications, beside the sessions of their EM.
 HEALTH_PREFIX = "#health/"
+# How each failover plan last ended, to tell a recovery.
+PLAN_PREFIX = "#plan/"
+PLAN_KEY_LIMIT = 512
 PENDING_INDEX = "pending"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 BATCH_GET_LIMIT = 100
@@ -51,6 +54,10 @@ class StoredSession:
     fingerprint: str
     terminal: bool
     notified: bool
+    progress: int | None = None
+    progress_since: datetime | None = None
+    stuck_alerted: bool = False
+    started_alerted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +293,79 @@ class StateStore:
             raise _translate("TransactWriteItems", error) from error
         return True
 
+    def claim_alert(
+        self,
+        em_host: str,
+        outbox_id: str,
+        *,
+        notification: Notification,
+        channels: Iterable[str],
+        now: datetime,
+        lease: timedelta,
+    ) -> bool:
+        """Claim an alert that happens once (a session's stuck or started alert, a
+        monitoring gap) by creating its outbox item; False if it exists already."""
+        return self._call(
+            "PutItem",
+            self._client.put_item,
+            TableName=self._table,
+            Item={
+                **self._key(em_host, outbox_id),
+                **self._outbox_attributes(em_host, notification, channels, now, lease),
+                "Version": {"N": "1"},
+                "ExpiresAt": {"N": str(_epoch(now + self._ttl))},
+            },
+            ConditionExpression="attribute_not_exists(SessionId)",
+            ignore_condition=True,
+        )
+
+    def plan_outcomes(self, em_host: str, plan_names: Iterable[str]) -> dict[str, PlanOutcome]:
+        """The last notified outcome of each named plan that has one, by lower-case name."""
+        names = list(dict.fromkeys(_plan_key(name) for name in plan_names))
+        found: dict[str, PlanOutcome] = {}
+        for start in range(0, len(names), BATCH_GET_LIMIT):
+            keys = [self._key(em_host, name) for name in names[start : start + BATCH_GET_LIMIT]]
+            for item in self._batch_get(keys):
+                failed = item.get("LastFailedSessionId", {}).get("S")
+                found[item["SessionId"]["S"]] = PlanOutcome(
+                    result=item["LastResult"]["S"],
+                    session_id=item["LastSessionId"]["S"],
+                    failed_session_id=failed,
+                )
+        return {key.removeprefix(PLAN_PREFIX): outcome for key, outcome in found.items()}
+
+    def record_plan_outcome(
+        self,
+        em_host: str,
+        plan_name: str,
+        *,
+        session_id: str,
+        result: str,
+        ended: datetime,
+        now: datetime,
+    ) -> None:
+        """Remember how a plan's latest session ended (an older one changes nothing)."""
+        update = "SET LastResult = :result, LastSessionId = :session, LastEndTime = :ended, "
+        update += "ExpiresAt = :expires"
+        values: dict[str, Any] = {
+            ":result": {"S": result},
+            ":session": {"S": session_id},
+            ":ended": {"S": _iso(ended)},
+            ":expires": {"N": str(_epoch(now + self._ttl))},
+        }
+        if result == "Failed":
+            update += ", LastFailedSessionId = :session"
+        self._call(
+            "UpdateItem",
+            self._client.update_item,
+            TableName=self._table,
+            Key=self._key(em_host, _plan_key(plan_name)),
+            UpdateExpression=update,
+            ConditionExpression="attribute_not_exists(LastEndTime) OR LastEndTime < :ended",
+            ExpressionAttributeValues=values,
+            ignore_condition=True,
+        )
+
     def mark_gone(self, em_host: str, session_id: str, now: datetime) -> bool:
         """Mark a watched session that EM no longer has; True only the first time."""
         return self._call(
@@ -509,13 +589,31 @@ class StateStore:
 
 
 def _stored(item: dict[str, Any]) -> StoredSession:
+    progress = item.get("Progress", {}).get("N")
     return StoredSession(
         session_id=item["SessionId"]["S"],
         version=int(item["Version"]["N"]),
         fingerprint=item.get("Fingerprint", {}).get("S", ""),
         terminal=item.get("Terminal", {}).get("BOOL", False),
         notified="NotifiedAt" in item,
+        progress=int(progress) if progress is not None else None,
+        progress_since=_optional_time(item, "ProgressSince"),
+        stuck_alerted=bool(item.get("StuckAlerted", {}).get("BOOL", False)),
+        started_alerted=bool(item.get("StartedAlerted", {}).get("BOOL", False)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOutcome:
+    """How a failover plan's last session that was notified ended."""
+
+    result: str
+    session_id: str
+    failed_session_id: str | None
+
+
+def _plan_key(plan_name: str) -> str:
+    return f"{PLAN_PREFIX}{plan_name.strip().lower()[:PLAN_KEY_LIMIT]}"
 
 
 def _optional_time(item: dict[str, Any], name: str) -> datetime | None:
