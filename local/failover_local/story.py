@@ -131,12 +131,13 @@ class Story:
 
 
 def demo_story(started_at: datetime, pace: float = 1.0) -> Story:
-    """The story ``make run`` tells: about five steps of ``pace`` seconds each.
+    """The story ``make run`` tells: about six steps of ``pace`` seconds each.
 
     With ``pace=1`` and a poll every second it shows a success, a warning, a partial
-    failure, a session that starts and ends between two polls, one still running at the
-    end, and one that ended 20 days before the start (20 days regardless of ``pace``), which
-    a freshly deployed notifier must not report.
+    failure, the failed plan's second run that recovers it, a session that starts and ends
+    between two polls, one still running at the end (stuck, with the runner's short
+    thresholds), and one that ended 20 days before the start (20 days regardless of
+    ``pace``), which a freshly deployed notifier must not report.
     """
     old_start = -timedelta(days=20).total_seconds()
     sessions = (
@@ -218,6 +219,16 @@ def demo_story(started_at: datetime, pace: float = 1.0) -> Story:
             result="Success",
             failure_message=None,
             vms=(ScriptedVm("test-vm-01"),),
+        ),
+        ScriptedSession(
+            guid="f3b7d2a1-8c4e-4b6f-9a15-2e7d6c5b4a38",
+            plan_name="Northwind Failover Plan",
+            backup_server="vbr-sp02.example.test",
+            starts_at=5.2 * pace,
+            ends_at=5.9 * pace,
+            result="Success",
+            failure_message=None,
+            vms=(ScriptedVm("sql-vm-01"), ScriptedVm("app-vm-03"), ScriptedVm("file-vm-04")),
         ),
         ScriptedSession(
             guid="e8a1d6c4-2b7f-4f3e-a9d8-7c6b5a4f3e29",

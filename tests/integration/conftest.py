@@ -29,6 +29,7 @@ FINISHING = {
     "aa6845c2-6440-47b3-85e9-8895f3989886": "Warning",
     "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53": "Failed",
     "c2f9a4b7-3e18-4d6a-b5c0-8e7f6a5d4c32": "Success",
+    "f3b7d2a1-8c4e-4b6f-9a15-2e7d6c5b4a38": "Success",
 }
 STILL_RUNNING = "e8a1d6c4-2b7f-4f3e-a9d8-7c6b5a4f3e29"
 OLD_SESSION = "0b7c2f3e-9d41-4c55-8a0e-6f1d2c3b4a50"

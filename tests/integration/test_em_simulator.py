@@ -27,6 +27,7 @@ ALL_GUIDS = {
     "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53",
     "c2f9a4b7-3e18-4d6a-b5c0-8e7f6a5d4c32",
     "e8a1d6c4-2b7f-4f3e-a9d8-7c6b5a4f3e29",
+    "f3b7d2a1-8c4e-4b6f-9a15-2e7d6c5b4a38",
 }
 NORTHWIND = "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53"
 WOODGROVE = "e8a1d6c4-2b7f-4f3e-a9d8-7c6b5a4f3e29"
@@ -240,7 +241,7 @@ def test_query_paging_follows_next_until_none(
         url = None if next_link is None else next_link.get("Href")
         pages += 1
 
-    assert pages == 3
+    assert pages == 4
     assert len(seen) == len(ALL_GUIDS)
     assert set(seen) == ALL_GUIDS
     assert seen[-1] == "0b7c2f3e-9d41-4c55-8a0e-6f1d2c3b4a50"  # oldest last
@@ -271,6 +272,7 @@ def test_filter_selects_running_or_recently_ended_sessions(
     assert names == [
         "Contoso Failover Plan",
         "Fabrikam DR Plan",
+        "Northwind Failover Plan",
         "Northwind Failover Plan",
         "Woodgrove Failover Plan",
     ]
@@ -374,7 +376,7 @@ def test_demo_story_timeline() -> None:
     early = {s.name: s.state for s in story.snapshot(STORY_START + timedelta(seconds=2.5))}
     late = {s.guid: s for s in story.snapshot(STORY_START + timedelta(seconds=6))}
 
-    assert story.duration == 5.0
+    assert story.duration == 5.9
     assert early["Tailspin Test Plan"] == "Working"
     assert "Woodgrove Failover Plan" not in early
     assert late[WOODGROVE].state == "Working"

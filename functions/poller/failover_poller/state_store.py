@@ -326,6 +326,8 @@ class StateStore:
         for start in range(0, len(names), BATCH_GET_LIMIT):
             keys = [self._key(em_host, name) for name in names[start : start + BATCH_GET_LIMIT]]
             for item in self._batch_get(keys):
+                if "LastResult" not in item or "LastSessionId" not in item:
+                    continue
                 failed = item.get("LastFailedSessionId", {}).get("S")
                 found[item["SessionId"]["S"]] = PlanOutcome(
                     result=item["LastResult"]["S"],
