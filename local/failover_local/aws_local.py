@@ -181,15 +181,26 @@ class LocalAws:
 
 
 def _sns_line(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """What an SQS subscriber received from the topic. Published with per-protocol
+    variants, its message is the `sqs` variant: every variant as JSON, shown whole."""
     attributes = {
         key: item.get("Value") for key, item in envelope.get("MessageAttributes", {}).items()
     }
-    return {
+    message = envelope.get("Message")
+    line: dict[str, Any] = {
         "channel": "sns",
         "subject": envelope.get("Subject"),
-        "message": envelope.get("Message"),
+        "message": message,
         "attributes": attributes,
     }
+    try:
+        variants = json.loads(message) if isinstance(message, str) else None
+    except json.JSONDecodeError:
+        variants = None
+    if isinstance(variants, dict) and {"default", "email", "sms"} <= set(variants):
+        line["message"] = variants["default"]
+        line["variants"] = {key: variants[key] for key in ("email", "sms", "default")}
+    return line
 
 
 def _event_line(event: Mapping[str, Any]) -> dict[str, Any]:
