@@ -18,7 +18,7 @@ find_python = for candidate in python3.13 \
 	  echo "$$path"; exit 0; \
 	done; exit 1
 
-.PHONY: venv run test lint typecheck cfn-lint unit bench clean
+.PHONY: venv run check test lint typecheck cfn-lint unit bench clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,9 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml
 
 run: $(STAMP)
 	@$(VENV_PY) -m failover_local.run $(ARGS)
+
+check: $(STAMP)
+	@$(VENV_PY) -m failover_local.check $(ARGS)
 
 test: lint typecheck cfn-lint
 	@$(VENV_PY) -m pytest $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,11 +59,18 @@ class FakeSource:
     def fail(self, error: EmError) -> None:
         self.answers.append(error)
 
-    def fetch(self, watched_ids: tuple[str, ...], since: datetime) -> Fetched:
+    def fetch(
+        self,
+        watched_ids: tuple[str, ...],
+        since: datetime,
+        on_sessions: Callable[[Sequence[CloudFailoverSession]], None] | None = None,
+    ) -> Fetched:
         self.calls.append((watched_ids, since))
         answer = self.answers.pop(0)
         if isinstance(answer, EmError):
             raise answer
+        if on_sessions is not None and answer.sessions:
+            on_sessions(answer.sessions)
         return answer
 
 

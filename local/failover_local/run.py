@@ -22,7 +22,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from failover_local.aws_local import LocalAws
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TEMPLATE = REPOSITORY / "template.yaml"
@@ -31,7 +34,12 @@ DEMO_INTERVAL = 1.0
 REAL_EM_INTERVAL = 60.0
 EXIT_CANNOT_POLL = 3
 EXIT_USAGE = 2
+# The demo polls this many more times than its story lasts, and calls a session stuck after
+# this many story steps.
+DEMO_EXTRA_POLLS = 3
+DEMO_STUCK_STEPS = 3.8
 MAX_INTERVAL = 24 * 3600.0
+SIMULATOR_USERNAME = "EM01\\svc-notifier"
 
 
 @dataclass
@@ -96,12 +104,9 @@ def _ca_bundle(text: str) -> Path:
     return path.resolve()
 
 
-def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
-    """The options of `make run ARGS='...'`."""
-    parser = argparse.ArgumentParser(
-        prog="make run ARGS=...",
-        description="Run the poller locally against moto and an EM (the simulator by default).",
-    )
+def add_em_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the EM and the handler's log level, shared by `make run`
+    and `make check`."""
     parser.add_argument(
         "--vem-url", type=_em_url, help="a real EM, e.g. https://em.example.com:9398"
     )
@@ -114,8 +119,6 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         default=[],
         help="watch this session (repeatable)",
     )
-    parser.add_argument("--polls", type=_polls, help="stop after this many polls")
-    parser.add_argument("--interval", type=_interval, help="seconds between polls")
     parser.add_argument(
         "--log-level",
         type=str.upper,
@@ -123,10 +126,56 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         default="WARNING",
         help="handler log level (default WARNING)",
     )
-    arguments = parser.parse_args(argv)
+
+
+def check_em_options(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> None:
+    """Stop with a usage error when the EM options contradict each other."""
     if arguments.vem_url is None and arguments.username:
         parser.error("--username needs --vem-url (the simulator has its own account)")
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The options of `make run ARGS='...'`."""
+    parser = argparse.ArgumentParser(
+        prog="make run ARGS=...",
+        description="Run the poller locally against moto and an EM (the simulator by default).",
+    )
+    add_em_options(parser)
+    parser.add_argument("--polls", type=_polls, help="stop after this many polls")
+    parser.add_argument("--interval", type=_interval, help="seconds between polls")
+    arguments = parser.parse_args(argv)
+    check_em_options(parser, arguments)
     return arguments
+
+
+def real_em_account(arguments: argparse.Namespace) -> dict[str, str] | None:
+    """The account for `--vem-url`: `--username` and the password in `VEM_PASSWORD`, or
+    None when either is missing."""
+    password = os.environ.get("VEM_PASSWORD", "")
+    if not arguments.username or not password:
+        return None
+    return {"username": arguments.username, "password": password}
+
+
+def template_parameters(
+    arguments: argparse.Namespace, em_url: str, ca_bundle: str
+) -> dict[str, str]:
+    """The template parameters the EM options set."""
+    return {
+        "EmUrl": em_url,
+        "EmCaBundle": ca_bundle,
+        "EmSessionIds": ",".join(arguments.session_id),
+        "LogLevel": arguments.log_level.upper(),
+    }
+
+
+def quiet_logging() -> None:
+    """Logs on stderr at WARNING, without the noise of retries and moto's request lines
+    (what failed is said once, at the end)."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="No application metrics")
 
 
 def fail(message: str, code: int) -> int:
@@ -138,22 +187,19 @@ def fail(message: str, code: int) -> int:
 def main(argv: Sequence[str], out: TextIO) -> int:
     """Run the polls and print each received notification to `out`."""
     arguments = parse_arguments(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # Retries and moto's request lines are noise here; what failed is said once, at the end.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message="No application metrics")
+    quiet_logging()
 
     with ExitStack() as stack:
         if arguments.vem_url:
-            password = os.environ.get("VEM_PASSWORD", "")
-            if not arguments.username or not password:
+            account = real_em_account(arguments)
+            if account is None:
                 return fail("--vem-url needs --username and the VEM_PASSWORD variable", EXIT_USAGE)
-            em_url, username = arguments.vem_url, arguments.username
+            em_url = arguments.vem_url
             ca_bundle = str(arguments.ca_bundle) if arguments.ca_bundle else ""
             interval = REAL_EM_INTERVAL if arguments.interval is None else arguments.interval
             polls = arguments.polls
             on_ready: Callable[[], None] = lambda: None  # noqa: E731 (nothing to start)
+            demo = {}
         else:
             from failover_local.em_simulator import DEMO_PASSWORD, EmSimulator
             from failover_local.story import demo_story
@@ -164,9 +210,16 @@ def main(argv: Sequence[str], out: TextIO) -> int:
             story = demo_story(datetime.now(UTC), pace=pace)
             pki = make_test_pki(Path(stack.enter_context(tempfile.TemporaryDirectory())))
             simulator = stack.enter_context(EmSimulator(story, pki))
-            em_url, username, password = simulator.url, "EM01\\svc-notifier", DEMO_PASSWORD
+            em_url = simulator.url
+            account = {"username": SIMULATOR_USERNAME, "password": DEMO_PASSWORD}
             ca_bundle = str(arguments.ca_bundle or simulator.ca_bundle)
-            polls = arguments.polls or math.ceil(story.duration / pace) + 2
+            polls = arguments.polls or math.ceil(story.duration / pace) + DEMO_EXTRA_POLLS
+            # The story's own thresholds: its endless session is stuck within seconds,
+            # while every other session ends before that.
+            demo = {
+                "StuckAfterMinutes": f"{DEMO_STUCK_STEPS * pace / 60:.4f}",
+                "StuckWithoutProgressMinutes": f"{DEMO_STUCK_STEPS * pace / 60:.4f}",
+            }
             print(
                 f"EM simulator at {em_url}: {len(story.sessions)} sessions, "
                 f"{polls} polls {interval:g} s apart",
@@ -180,13 +233,8 @@ def main(argv: Sequence[str], out: TextIO) -> int:
         return run_polls(
             stack,
             em_url=em_url,
-            credentials={"username": username, "password": password},
-            parameters={
-                "EmUrl": em_url,
-                "EmCaBundle": ca_bundle,
-                "EmSessionIds": ",".join(arguments.session_id),
-                "LogLevel": arguments.log_level.upper(),
-            },
+            credentials=account,
+            parameters=template_parameters(arguments, em_url, ca_bundle) | demo,
             polls=polls,
             interval=interval,
             out=out,
@@ -206,15 +254,7 @@ def run_polls(
     on_ready: Callable[[], None],
 ) -> int:
     """Provision moto from the template, then invoke the handler `polls` times."""
-    from failover_local.aws_local import Template, provision, start_moto
-
-    server, endpoint = start_moto()
-    stack.callback(server.stop)
-    local_aws = provision(Template.load(TEMPLATE), endpoint, credentials, parameters)
-    os.environ |= local_aws.environment
-    if os.environ["POWERTOOLS_LOG_LEVEL"] not in ("DEBUG", "INFO"):
-        # CloudWatch's metric records are noise on a terminal unless asked for.
-        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    local_aws = start_local_aws(stack, credentials=credentials, parameters=parameters)
 
     from failover_poller.config import Config, ConfigError
     from failover_poller.handler import lambda_handler
@@ -246,6 +286,23 @@ def run_polls(
             return fail(f"cannot poll EM at {em_url}: {report['error']}", EXIT_CANNOT_POLL)
         print(_summary(count, report), file=sys.stderr)
     return 0
+
+
+def start_local_aws(
+    stack: ExitStack, *, credentials: dict[str, str], parameters: dict[str, str]
+) -> LocalAws:
+    """Start moto's server (stopped with `stack`), provision the template's resources in it
+    and give this process the function's environment."""
+    from failover_local.aws_local import Template, provision, start_moto
+
+    server, endpoint = start_moto()
+    stack.callback(server.stop)
+    local_aws = provision(Template.load(TEMPLATE), endpoint, credentials, parameters)
+    os.environ |= local_aws.environment
+    if os.environ["POWERTOOLS_LOG_LEVEL"] not in ("DEBUG", "INFO"):
+        # CloudWatch's metric records are noise on a terminal unless asked for.
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    return local_aws
 
 
 def _summary(count: int, report: dict[str, Any]) -> str:

@@ -28,6 +28,8 @@ FINISHING = {
     "f3b7d2a1-8c4e-4b6f-9a15-2e7d6c5b4a38": "Success",
 }
 OLD_SESSION = "0b7c2f3e-9d41-4c55-8a0e-6f1d2c3b4a50"
+STILL_RUNNING = "e8a1d6c4-2b7f-4f3e-a9d8-7c6b5a4f3e29"
+NORTHWIND_FAILED = "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53"
 USERNAME = "EM01\\svc-notifier"
 
 
@@ -79,16 +81,31 @@ def other_em(pki: TestPki) -> Iterator[EmSimulator]:
         yield running
 
 
+def event_type(line: dict[str, Any]) -> str:
+    if line["channel"] == "sns":
+        return str(line["attributes"]["event_type"])
+    return f"failover.{line['detail']['alert']}"
+
+
 def test_the_demo_tells_its_story_once_per_channel() -> None:
     result = run("--interval", "0.5")
 
     assert result.returncode == 0, result.stderr
-    received = by_session(notifications(result.stdout))
-    assert received == {
+    lines = notifications(result.stdout)
+    ends = [line for line in lines if event_type(line) != "failover.stuck"]
+    assert by_session(ends) == {
         session: {"sns": outcome, "eventbridge": outcome} for session, outcome in FINISHING.items()
     }
-    sns = [line for line in notifications(result.stdout) if line["channel"] == "sns"]
-    assert all(line["subject"] and line["message"] for line in sns)
+    stuck = [line for line in lines if event_type(line) == "failover.stuck"]
+    assert sorted(line["channel"] for line in stuck) == ["eventbridge", "sns"]
+    assert {line["detail"]["sessionId"] for line in stuck if "detail" in line} == {STILL_RUNNING}
+    recovered = [line for line in lines if event_type(line) == "failover.recovered"]
+    assert sorted(line["channel"] for line in recovered) == ["eventbridge", "sns"]
+    assert [line["detail"]["recoveredFrom"] for line in recovered if "detail" in line] == [
+        NORTHWIND_FAILED
+    ]
+    sns = [line for line in lines if line["channel"] == "sns"]
+    assert all(line["subject"] and line["variants"]["sms"] for line in sns)
 
 
 def test_another_em_is_polled_by_discovery(other_em: EmSimulator, pki: TestPki) -> None:

@@ -90,10 +90,10 @@ class Config:
             alerts=AlertPolicy(
                 time_zone=reader.time_zone("NOTIFY_TIME_ZONE"),
                 stuck_after=timedelta(
-                    minutes=reader.number("STUCK_AFTER_MINUTES", 240, 1, 60 * 24 * 30)
+                    minutes=reader.number("STUCK_AFTER_MINUTES", 240, 0.01, 60 * 24 * 30)
                 ),
                 stuck_without_progress=timedelta(
-                    minutes=reader.number("STUCK_WITHOUT_PROGRESS_MINUTES", 120, 1, 60 * 24 * 30)
+                    minutes=reader.number("STUCK_WITHOUT_PROGRESS_MINUTES", 120, 0.01, 60 * 24 * 30)
                 ),
                 notify_started=reader.flag("NOTIFY_STARTED"),
                 muted_plans=frozenset(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,7 +106,12 @@ class EmSessionSource:
         self._page_size = page_size
         self._client_factory = client_factory
 
-    def fetch(self, watched_ids: tuple[str, ...], since: datetime) -> Fetched:
+    def fetch(
+        self,
+        watched_ids: tuple[str, ...],
+        since: datetime,
+        on_sessions: Callable[[Sequence[CloudFailoverSession]], None] | None = None,
+    ) -> Fetched:
         """The watched sessions, or (with none watched) those discovery finds since `since`.
 
         After an authentication failure the secret is read afresh; only if it changed (a
@@ -115,15 +120,19 @@ class EmSessionSource:
         """
         credentials = self._credentials(False)
         try:
-            return self._fetch(credentials, watched_ids, since)
+            return self._fetch(credentials, watched_ids, since, on_sessions)
         except EmAuthenticationError:
             fresh = self._credentials(True)
             if fresh == credentials:
                 raise
-            return self._fetch(fresh, watched_ids, since)
+            return self._fetch(fresh, watched_ids, since, on_sessions)
 
     def _fetch(
-        self, credentials: Credentials, watched_ids: tuple[str, ...], since: datetime
+        self,
+        credentials: Credentials,
+        watched_ids: tuple[str, ...],
+        since: datetime,
+        on_sessions: Callable[[Sequence[CloudFailoverSession]], None] | None,
     ) -> Fetched:
         client = self._client_factory(
             self.url,
@@ -138,7 +147,7 @@ class EmSessionSource:
                 self._plans.refresh_if_due(client)
             if watched_ids:
                 return self._fetch_named(client, watched_ids)
-            return self._discover(client, since)
+            return self._discover(client, since, on_sessions)
 
     @staticmethod
     def _fetch_named(client: EmClient, watched_ids: tuple[str, ...]) -> Fetched:
@@ -162,11 +171,18 @@ class EmSessionSource:
             tuple(o for o in outcomes if isinstance(o, SessionProblem)),
         )
 
-    def _discover(self, client: EmClient, since: datetime) -> Fetched:
+    def _discover(
+        self,
+        client: EmClient,
+        since: datetime,
+        on_sessions: Callable[[Sequence[CloudFailoverSession]], None] | None,
+    ) -> Fetched:
         sessions: dict[str, CloudFailoverSession] = {}
         problems: list[SessionProblem] = []
         for page in client.discover_failover_sessions(discovery_filter(since), self._page_size):
             sessions.update((session.id, session) for session in page.sessions)
+            if on_sessions is not None and page.sessions:
+                on_sessions(page.sessions)
             problems += [
                 SessionProblem(getattr(error, "session_id", None), error)
                 for error in page.rejected

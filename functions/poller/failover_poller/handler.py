@@ -11,6 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from failover_poller.config import Config
+from failover_poller.preflight import run_preflight
 from failover_poller.runtime import build_service, fan_out
 from failover_poller.service import PollReport, PollService
 
@@ -51,8 +52,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     """Poll EM once; EM faults are reported in the result and the metrics, not raised.
 
     With several EMs configured, the scheduled event fans out into one invocation per EM
-    (an event `{"emHost": "host:port"}`), each polling its EM on its own.
+    (an event `{"emHost": "host:port"}`), each polling its EM on its own. The event
+    `{"preflight": true, "sendTest": false}` checks the deployment instead of polling.
     """
+    if event.get("preflight") is True:
+        result = run_preflight(configuration(), send_test=event.get("sendTest") is True)
+        metrics.add_metric("PreflightFailed", MetricUnit.Count, 0 if result.ok else 1)
+        logger.info("preflight finished", extra=result.as_dict())
+        return result.as_dict()
+
     em_host = event.get("emHost")
     if em_host is None and len(configuration().targets) > 1:
         outcome = fan_out(configuration(), context.invoked_function_arn)

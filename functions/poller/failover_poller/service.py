@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -61,8 +61,9 @@ RETRIES_PER_POLL = 50
 # quiet poll reads nothing but the sessions' states; and it records a successful poll
 # at most this often, so that a quiet poll writes nothing.
 WATCHER_REFRESH = timedelta(minutes=5)
-# DynamoDB writes (claims, acknowledgements) in flight at once.
+# DynamoDB writes (claims, acknowledgements) and reads in flight at once.
 WRITE_CONCURRENCY = 16
+READ_CONCURRENCY = 8
 # Stop starting new work when the invocation has less than this left.
 SAFETY_MARGIN_SECONDS = 5.0
 # After this many refused logons in a row, wait before the next (5, 10, 20, 40, 60 minutes).
@@ -101,6 +102,22 @@ class Change:
     muted: bool
     notification: Notification | None = None
 
+    def stored_after(self) -> StoredSession:
+        """The session's stored state once this change is written."""
+        attributes = self.attributes()
+        previous = self.previous
+        return StoredSession(
+            session_id=self.session.id,
+            version=previous.version + 1 if previous else 1,
+            fingerprint=self.digest,
+            terminal=self.session.is_terminal,
+            notified=bool(previous and previous.notified) or self.notification is not None,
+            progress=self.session.progress,
+            progress_since=self.progress_since,
+            stuck_alerted=attributes["StuckAlerted"]["BOOL"],
+            started_alerted=attributes["StartedAlerted"]["BOOL"],
+        )
+
     def attributes(self) -> dict[str, Any]:
         """The session item's attributes after this change."""
         kinds = {kind for kind, _ in self.alerts}
@@ -136,8 +153,14 @@ class SessionSource(Protocol):
 
     url: str
 
-    def fetch(self, watched_ids: tuple[str, ...], since: datetime) -> Fetched:
-        """Read the watched sessions, or discover those running or ended since `since`."""
+    def fetch(
+        self,
+        watched_ids: tuple[str, ...],
+        since: datetime,
+        on_sessions: Callable[[Sequence[CloudFailoverSession]], None] | None = None,
+    ) -> Fetched:
+        """Read the watched sessions, or discover those running or ended since `since`;
+        tell `on_sessions` of each batch as it arrives."""
 
 
 @dataclass
@@ -270,6 +293,10 @@ class PollService:
         self._clock = clock
         self._watcher: Watcher | None = None
         self._watcher_read_at: datetime | None = None
+        # What this container last read or wrote of each session it saw in its last poll.
+        # A session EM reports unchanged from it needs no read: whatever another container
+        # wrote meanwhile, nothing about it is news. A changed one is read afresh.
+        self._known: dict[str, StoredSession] = {}
 
     def poll(self, remaining_seconds: Callable[[], float] = lambda: float("inf")) -> PollReport:
         """Run one poll; EM and AWS faults end up in the report, not raised."""
@@ -328,9 +355,25 @@ class PollService:
             return
 
         since = (watcher.last_poll_at or watcher.watching_since) - DISCOVERY_OVERLAP
+        reads = ThreadPoolExecutor(max_workers=READ_CONCURRENCY)
+        pending_reads: list[Future[dict[str, StoredSession]]] = []
+        asked: set[str] = set()
+
+        def read_states(sessions: Sequence[CloudFailoverSession]) -> None:
+            # The stored states of each page are read while EM sends the next ones.
+            ids = [
+                session.id
+                for session in sessions
+                if session.id not in asked and not self._known_unchanged(session)
+            ]
+            asked.update(ids)
+            if ids:
+                pending_reads.append(reads.submit(self._store.get_many, self._em_host, ids))
+
         try:
-            fetched = self._source.fetch(self._watched_ids, since)
+            fetched = self._source.fetch(self._watched_ids, since, read_states)
         except EmError as error:
+            reads.shutdown(wait=True, cancel_futures=True)
             self._poll_failed(report, error, started)
             self._retry_pending(report, remaining_seconds, attempted=set())
             return
@@ -340,7 +383,13 @@ class PollService:
             self._tell_gap(report, last_poll, started)
         self._note_problems(fetched, report)
         cutoff = None if self._watched_ids else watcher.watching_since
-        claimed = self._observe_all(fetched.sessions, cutoff, report, remaining_seconds)
+        with reads:
+            stored = self._stored_states(fetched, pending_reads, asked, report)
+        claimed = (
+            self._observe_all(fetched.sessions, stored, cutoff, report, remaining_seconds)
+            if stored is not None
+            else []
+        )
         self._deliver(claimed, report)
 
         if watcher.unhealthy:
@@ -510,23 +559,67 @@ class PollService:
                 extra={"em_host": self._em_host, "session_id": session_id},
             )
 
+    def _known_unchanged(self, session: CloudFailoverSession) -> bool:
+        known = self._known.get(session.id)
+        return known is not None and known.fingerprint == fingerprint(session)
+
+    def _remember_sessions(
+        self, stored: dict[str, StoredSession], changes: Sequence[Change], outcomes: Sequence[Any]
+    ) -> None:
+        """Keep, for the next poll, what this poll read and wrote of the sessions it saw."""
+        known = dict(stored)
+        for change, outcome in zip(changes, outcomes, strict=True):
+            if isinstance(outcome, Claim) and outcome.saved:
+                known[change.session.id] = change.stored_after()
+            else:
+                known.pop(change.session.id, None)
+        self._known = known
+
+    def _stored_states(
+        self,
+        fetched: Fetched,
+        pending_reads: list[Future[dict[str, StoredSession]]],
+        asked: set[str],
+        report: PollReport,
+    ) -> dict[str, StoredSession] | None:
+        """The stored state of every fetched session: those read while EM was answering,
+        and the rest now (watched sessions arrive all at once)."""
+        stored: dict[str, StoredSession] = {}
+        try:
+            for future in pending_reads:
+                stored |= future.result()
+            missing = [
+                session.id
+                for session in fetched.sessions
+                if session.id not in asked and not self._known_unchanged(session)
+            ]
+            if missing:
+                stored |= self._store.get_many(self._em_host, missing)
+            for session in fetched.sessions:
+                if session.id not in stored and self._known_unchanged(session):
+                    stored[session.id] = self._known[session.id]
+        except StateStoreError as error:
+            report.session_errors += len(fetched.sessions)
+            logger.error(
+                "sessions skipped: state table unavailable",
+                extra={
+                    "em_host": self._em_host,
+                    "count": len(fetched.sessions),
+                    "error": str(error),
+                },
+            )
+            return None
+        return stored
+
     def _observe_all(
         self,
         sessions: Sequence[CloudFailoverSession],
+        stored: dict[str, StoredSession],
         cutoff: datetime | None,
         report: PollReport,
         remaining_seconds: Callable[[], float],
     ) -> list[Delivery]:
         """Claim every change worth a write; return the notifications claimed."""
-        try:
-            stored = self._store.get_many(self._em_host, [session.id for session in sessions])
-        except StateStoreError as error:
-            report.session_errors += len(sessions)
-            logger.error(
-                "sessions skipped: state table unavailable",
-                extra={"em_host": self._em_host, "count": len(sessions), "error": str(error)},
-            )
-            return []
 
         now = self._clock()
         changes: list[Change] = []
@@ -538,6 +631,7 @@ class PollService:
             if change is not None:
                 changes.append(change)
         if not changes:
+            self._remember_sessions(stored, [], [])
             return []
 
         try:
@@ -545,6 +639,7 @@ class PollService:
             if any(change.notification or change.alerts for change in changes):
                 self._mark_outbox()
         except StateStoreError as error:
+            self._known = {}
             report.session_errors += len(changes)
             logger.error(
                 "sessions skipped: state table unavailable",
@@ -554,6 +649,7 @@ class PollService:
 
         with ThreadPoolExecutor(max_workers=WRITE_CONCURRENCY) as pool:
             outcomes = list(pool.map(self._claim, changes))
+        self._remember_sessions(stored, changes, outcomes)
         deliveries: list[Delivery] = []
         for change, outcome in zip(changes, outcomes, strict=True):
             deliveries += self._count_claim(change, outcome, report)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ PLAN_KEY_LIMIT = 512
 PENDING_INDEX = "pending"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 BATCH_GET_LIMIT = 100
+BATCH_GET_CONCURRENCY = 8
 UNPROCESSED_ATTEMPTS = 6
 
 
@@ -398,14 +400,21 @@ class StateStore:
         """The stored states of many sessions, 100 keys a `BatchGetItem`, read consistently;
         sessions never seen are absent from the result.
         """
-        found: dict[str, StoredSession] = {}
         unique = list(dict.fromkeys(session_ids))
-        for start in range(0, len(unique), BATCH_GET_LIMIT):
-            keys = [self._key(em_host, sid) for sid in unique[start : start + BATCH_GET_LIMIT]]
-            for item in self._batch_get(keys):
-                if not _expired(item):
-                    stored = _stored(item)
-                    found[stored.session_id] = stored
+        chunks = [
+            [self._key(em_host, sid) for sid in unique[start : start + BATCH_GET_LIMIT]]
+            for start in range(0, len(unique), BATCH_GET_LIMIT)
+        ]
+        if len(chunks) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(chunks), BATCH_GET_CONCURRENCY)) as pool:
+                batches = list(pool.map(self._batch_get, chunks))
+        else:
+            batches = [self._batch_get(chunk) for chunk in chunks]
+        found: dict[str, StoredSession] = {}
+        for item in (item for batch in batches for item in batch):
+            if not _expired(item):
+                stored = _stored(item)
+                found[stored.session_id] = stored
         return found
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:

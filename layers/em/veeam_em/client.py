@@ -375,10 +375,18 @@ class EmClient:
         except EmError:
             return f"HTTP {response.status_code} with an unreadable body"
         try:
-            return parse_error(body, url).message or f"HTTP {response.status_code}"
+            return self._redact(parse_error(body, url).message) or f"HTTP {response.status_code}"
         except EmResponseError as error:
             kind = response.headers.get("Content-Type", "no content type")
             return f"HTTP {response.status_code} ({kind}, {error.found}, not an EM <Error>)"
+
+    def _redact(self, text: str) -> str:
+        """EM's own words, without the token or the password should EM (or a proxy) echo
+        them: error messages end up in logs."""
+        for secret in (self._token, self._credentials[1]):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 def _system_trust_store() -> str | bool:
