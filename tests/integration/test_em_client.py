@@ -244,6 +244,8 @@ def test_a_closed_port_is_a_connection_error(pki: TestPki) -> None:
 
 
 def test_an_expired_token_is_renewed_once_and_the_call_succeeds(simulator: EmSimulator) -> None:
+    # EM sets a cookie with the token, and a cookie wins over the header: had the client
+    # kept the first logon's cookie, the retry would be refused again.
     with client_for(simulator) as client:
         first = client.get_failover_session(NORTHWIND)
         simulator.expire_logon_sessions()
@@ -251,6 +253,7 @@ def test_an_expired_token_is_renewed_once_and_the_call_succeeds(simulator: EmSim
         again = client.get_failover_session(NORTHWIND)
 
         assert again == first
+        assert len(client._http.cookies) == 0
         assert simulator.request_counts["logon"] == 2
         assert simulator.request_counts["session"] == 3
         assert simulator.open_logon_sessions == 1

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from moto import mock_aws
+from moto.dynamodb.models import DynamoDBBackend
 
 from failover_local.aws_local import Template, provision
 from failover_local.em_simulator import DEMO_PASSWORD, EmSimulator
@@ -20,6 +23,26 @@ from tests.integration.conftest import FINISHING, REPOSITORY
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def atomic_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's conditional writes atomic, as DynamoDB's are.
+
+    moto checks a write's condition and then writes, with nothing between two threads that
+    do the same: both can pass. DynamoDB guarantees that only one does, and that is the
+    guarantee the poller relies on, so the test gives moto's backend one lock for writes.
+    """
+    lock = threading.Lock()
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(*args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return __original(*args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)
+
+
+@pytest.mark.usefixtures("atomic_writes")
 @pytest.mark.parametrize("invocations", [2, 4, 8])
 def test_concurrent_polls_deliver_each_transition_exactly_once(
     monkeypatch: pytest.MonkeyPatch,
