@@ -188,7 +188,7 @@ class FakeStateStore:
         *,
         session_id: str,
         result: str,
-        ended: datetime,
+        started: datetime,
         now: datetime,
     ) -> None:
         key = plan_name.strip().lower()

@@ -511,3 +511,28 @@ def test_a_gap_longer_than_em_keeps_sessions_is_told_once(source, store, channel
     poller.poll()
 
     assert kinds(channels[0]) == ["monitoring.gap"]
+
+
+def test_a_recovery_seen_in_the_same_poll_as_the_failure_is_still_a_recovery(
+    source, store, channels, clock
+) -> None:
+    # The EM cut the retry's end to whole seconds, so it reads as ending before the failure.
+    poller = alert_service(source, store, channels, clock)
+    failed = load_session(WORKING, **ended(3.5, "Failed"))
+    retry = load_session(
+        "failover-session-stopped-success.xml",
+        name=failed.name,
+        creation_time=FIRST_POLL + timedelta(minutes=2.9),
+        end_time=FIRST_POLL + timedelta(minutes=3),
+        state="Stopped",
+    )
+    source.answer(load_session(WORKING))
+    source.answer(retry, failed)
+
+    poller.poll()
+    poller.poll()
+
+    events = {n.detail["result"]: n.detail for n in channels[1].published}
+    assert set(events) == {"Failed", "Success"}
+    assert events["Success"]["recoveredFrom"] == failed.id
+    assert events["Failed"]["recoveredFrom"] is None

@@ -723,9 +723,11 @@ class PollService:
 
     def _render_news(self, changes: list[Change]) -> list[Change]:
         """Render each session's end, telling a recovery when its plan last failed."""
+        # A plan's sessions run one after another: their start orders them (end times,
+        # cut to whole seconds by some EMs, may tie or even cross).
         news = sorted(
             (change for change in changes if change.news),
-            key=lambda change: change.session.end_time or change.session.creation_time,
+            key=lambda change: change.session.creation_time,
         )
         if not news:
             return changes
@@ -801,7 +803,7 @@ class PollService:
                     session.name,
                     session_id=session.id,
                     result=session.result,
-                    ended=session.end_time or session.creation_time,
+                    started=session.creation_time,
                     now=now,
                 )
         except StateStoreError as error:

@@ -345,16 +345,17 @@ class StateStore:
         *,
         session_id: str,
         result: str,
-        ended: datetime,
+        started: datetime,
         now: datetime,
     ) -> None:
-        """Remember how a plan's latest session ended (an older one changes nothing)."""
-        update = "SET LastResult = :result, LastSessionId = :session, LastEndTime = :ended, "
+        """Remember how a plan's latest session (by start) ended; an older one changes
+        nothing. Times are stored as epoch microseconds, which compare as numbers."""
+        update = "SET LastResult = :result, LastSessionId = :session, LastStart = :started, "
         update += "ExpiresAt = :expires"
         values: dict[str, Any] = {
             ":result": {"S": result},
             ":session": {"S": session_id},
-            ":ended": {"S": _iso(ended)},
+            ":started": {"N": str(int(started.timestamp() * 1_000_000))},
             ":expires": {"N": str(_epoch(now + self._ttl))},
         }
         if result == "Failed":
@@ -365,7 +366,7 @@ class StateStore:
             TableName=self._table,
             Key=self._key(em_host, _plan_key(plan_name)),
             UpdateExpression=update,
-            ConditionExpression="attribute_not_exists(LastEndTime) OR LastEndTime < :ended",
+            ConditionExpression="attribute_not_exists(LastStart) OR LastStart < :started",
             ExpressionAttributeValues=values,
             ignore_condition=True,
         )
