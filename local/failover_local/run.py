@@ -39,6 +39,7 @@ EXIT_USAGE = 2
 DEMO_EXTRA_POLLS = 3
 DEMO_STUCK_STEPS = 3.8
 MAX_INTERVAL = 24 * 3600.0
+MIN_DEMO_INTERVAL = 0.2
 SIMULATOR_USERNAME = "EM01\\svc-notifier"
 
 
@@ -64,14 +65,20 @@ class LambdaContext:
 
 
 def _interval(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from error
     if not math.isfinite(value) or not 0 <= value <= MAX_INTERVAL:
         raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_INTERVAL:g} seconds")
     return value
 
 
 def _polls(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from error
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -206,7 +213,15 @@ def main(argv: Sequence[str], out: TextIO) -> int:
             from failover_local.tls import make_test_pki
 
             interval = DEMO_INTERVAL if arguments.interval is None else arguments.interval
-            pace = max(interval, 0.2)
+            if interval < MIN_DEMO_INTERVAL:
+                # The story's steps cannot be shorter than a poll takes; polls keep pace.
+                print(
+                    f"--interval {interval:g} is below the demo's {MIN_DEMO_INTERVAL:g} s; "
+                    f"using {MIN_DEMO_INTERVAL:g}",
+                    file=sys.stderr,
+                )
+                interval = MIN_DEMO_INTERVAL
+            pace = interval
             story = demo_story(datetime.now(UTC), pace=pace)
             pki = make_test_pki(Path(stack.enter_context(tempfile.TemporaryDirectory())))
             simulator = stack.enter_context(EmSimulator(story, pki))
@@ -311,6 +326,7 @@ def _summary(count: int, report: dict[str, Any]) -> str:
     return (
         f"poll {count}: {report['sessions_seen']} sessions seen, "
         f"{report['sessions_changed']} changed, {report['notifications']} notified, "
+        f"{report.get('alerts', 0)} alerts, "
         f"{report['session_errors']} unreadable"
     )
 
@@ -319,6 +335,10 @@ def entry_point() -> None:
     """Keep stdout for notifications: everything else printed goes to stderr."""
     out = sys.stdout
     sys.stdout = sys.stderr
+    # Powertools names and levels its loggers when they are made, at import: give it the
+    # deployment's service name and a quiet level before anything imports the function.
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "cloud-failover-notifier")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     try:
         code = main(sys.argv[1:], out)
     except KeyboardInterrupt:

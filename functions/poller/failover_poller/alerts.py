@@ -30,10 +30,11 @@ class WeeklyWindow:
         match = _WINDOW.fullmatch(text.strip().lower())
         if match is None:
             raise ValueError(f"{text!r} is not like 'Sat 22:00-Sun 06:00'")
-        return cls(
-            _minute_of_week(match["start_day"], match["start"]),
-            _minute_of_week(match["end_day"], match["end"]),
-        )
+        start = _minute_of_week(match["start_day"], match["start"])
+        end = _minute_of_week(match["end_day"], match["end"])
+        if start == end:
+            raise ValueError(f"{text!r} starts where it ends")
+        return cls(start, end)
 
     def contains(self, moment: datetime, zone: tzinfo) -> bool:
         """Whether `moment` falls in the window, read in `zone`."""

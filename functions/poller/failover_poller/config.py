@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from failover_poller.alerts import AlertPolicy, WeeklyWindow
 from veeam_em.client import Timeouts, normalize_base_url
 
+_BUS_NAME = re.compile(r"[A-Za-z0-9._\-/]{1,256}|arn:aws[a-z-]*:events:.+")
 _ARN = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+")
 
 
@@ -59,6 +60,19 @@ class Config:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Config:
+        config = cls._read(environ)
+        # Powertools reads these itself; checked here so that a bad one is named up front.
+        reader = _Reader(environ)
+        reader.required("POWERTOOLS_METRICS_NAMESPACE")
+        level = (reader.optional("POWERTOOLS_LOG_LEVEL") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(
+                "POWERTOOLS_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level[:20]!r}"
+            )
+        return config
+
+    @classmethod
+    def _read(cls, environ: Mapping[str, str]) -> Config:
         """Read and check every variable; raise `ConfigError` naming the first bad one.
 
         `EM_URL`, `EM_SECRET_ARN`, `EM_CA_BUNDLE` and `EM_SESSION_IDS` name the first EM;
@@ -76,7 +90,7 @@ class Config:
             targets=reader.unique((first, *reader.targets("EM_TARGETS"))),
             state_table_name=reader.required("STATE_TABLE_NAME"),
             topic_arn=reader.arn("TOPIC_ARN", reader.required("TOPIC_ARN")),
-            event_bus_name=reader.required("EVENT_BUS_NAME"),
+            event_bus_name=reader.matching("EVENT_BUS_NAME", _BUS_NAME, "an event bus name"),
             first_sight_lookback=timedelta(
                 minutes=reader.number("FIRST_SIGHT_LOOKBACK_MINUTES", 15, 0, 60 * 24 * 30)
             ),
@@ -130,6 +144,12 @@ class _Reader:
         value = self.optional(name)
         if value is None:
             raise ConfigError(name, "is required but not set")
+        return value
+
+    def matching(self, name: str, pattern: re.Pattern[str], what: str) -> str:
+        value = self.required(name)
+        if not pattern.fullmatch(value):
+            raise ConfigError(name, f"must be {what}, got {value[:80]!r}")
         return value
 
     @staticmethod
