@@ -35,11 +35,14 @@ REAL_EM_INTERVAL = 60.0
 EXIT_CANNOT_POLL = 3
 EXIT_USAGE = 2
 # The demo polls this many more times than its story lasts, and calls a session stuck after
-# this many story steps.
-DEMO_EXTRA_POLLS = 3
+# this many story steps plus the second an EM may cut from a start time; its endless
+# session starts at step 3.
+DEMO_EXTRA_POLLS = 2
 DEMO_STUCK_STEPS = 3.8
+DEMO_TIME_CUT_SECONDS = 1.0
+DEMO_ENDLESS_START = 3.0
 MAX_INTERVAL = 24 * 3600.0
-MIN_DEMO_INTERVAL = 0.2
+MIN_DEMO_INTERVAL = 0.5
 SIMULATOR_USERNAME = "EM01\\svc-notifier"
 
 
@@ -228,12 +231,16 @@ def main(argv: Sequence[str], out: TextIO) -> int:
             em_url = simulator.url
             account = {"username": SIMULATOR_USERNAME, "password": DEMO_PASSWORD}
             ca_bundle = str(arguments.ca_bundle or simulator.ca_bundle)
-            polls = arguments.polls or math.ceil(story.duration / pace) + DEMO_EXTRA_POLLS
-            # The story's own thresholds: its endless session is stuck within seconds,
-            # while every other session ends before that.
+            # The story's own thresholds: its endless session is stuck within seconds, while
+            # every other session ends before that, even with EM's start times cut to the
+            # second. The run lasts until the stuck session has been seen.
+            stuck_after = DEMO_STUCK_STEPS * pace + DEMO_TIME_CUT_SECONDS
+            seen_stuck = DEMO_ENDLESS_START * pace + stuck_after + pace
+            length = max(story.duration, seen_stuck)
+            polls = arguments.polls or math.ceil(length / pace) + DEMO_EXTRA_POLLS
             demo = {
-                "StuckAfterMinutes": f"{DEMO_STUCK_STEPS * pace / 60:.4f}",
-                "StuckWithoutProgressMinutes": f"{DEMO_STUCK_STEPS * pace / 60:.4f}",
+                "StuckAfterMinutes": f"{stuck_after / 60:.4f}",
+                "StuckWithoutProgressMinutes": f"{stuck_after / 60:.4f}",
             }
             print(
                 f"EM simulator at {em_url}: {len(story.sessions)} sessions, "
