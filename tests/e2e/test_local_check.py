@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -13,28 +11,13 @@ import pytest
 from failover_local.em_simulator import EmSimulator
 from failover_local.story import demo_story
 from failover_local.tls import TestPki, make_test_pki
-from tests.e2e.test_local_runner import REPOSITORY, USERNAME
+from tests.e2e.test_local_runner import USERNAME, start
 
 pytestmark = pytest.mark.e2e
 
 
 def check(*arguments: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "POWERTOOLS_", "VEM_"))
-    }
-    if password is not None:
-        environment["VEM_PASSWORD"] = password
-    return subprocess.run(
-        [sys.executable, "-m", "failover_local.check", *arguments],
-        cwd=REPOSITORY,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return start("check", *arguments, password=password)
 
 
 def lines(stdout: str) -> dict[str, str]:

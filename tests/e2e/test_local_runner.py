@@ -33,7 +33,11 @@ NORTHWIND_FAILED = "5d3e8f21-7a6b-4c19-9e2d-1f0a8b7c6d53"
 USERNAME = "EM01\\svc-notifier"
 
 
-def run(*arguments: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+def start(
+    module: str, *arguments: str, password: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m failover_local.<module>` as a user would, without this test's AWS,
+    Powertools or EM settings; `password` becomes `VEM_PASSWORD`."""
     environment = {
         key: value
         for key, value in os.environ.items()
@@ -42,7 +46,7 @@ def run(*arguments: str, password: str | None = None) -> subprocess.CompletedPro
     if password is not None:
         environment["VEM_PASSWORD"] = password
     return subprocess.run(
-        [sys.executable, "-m", "failover_local.run", *arguments],
+        [sys.executable, "-m", f"failover_local.{module}", *arguments],
         cwd=REPOSITORY,
         env=environment,
         capture_output=True,
@@ -50,6 +54,10 @@ def run(*arguments: str, password: str | None = None) -> subprocess.CompletedPro
         timeout=120,
         check=False,
     )
+
+
+def run(*arguments: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+    return start("run", *arguments, password=password)
 
 
 def notifications(stdout: str) -> list[dict[str, Any]]:
